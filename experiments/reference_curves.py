@@ -1,0 +1,124 @@
+"""Record PyTorch's float32 loss curves, the goldens the JAX side is tested against.
+
+    python -m experiments.reference_curves            # rewrite tests/golden/*.json
+    python -m experiments.reference_curves --check    # regenerate and compare, write nothing
+
+For each model and each of SGD, SGD+momentum, Adagrad, Adadelta, RMSprop and
+Adam, PyTorch (``torch.set_num_threads(1)``, dropout off) trains from
+`funcnets.parity.numpy_init(model, seed=0)` on
+`funcnets.parity.synthetic_batches(model, steps, batch_size, seed=1)`; both
+are drawn by NumPy, so the JAX side rebuilds them without torch.
+
+Next to each curve it records PyTorch's own float32 noise on the same case:
+the largest gap to the same run on 2 threads, and to a run whose initial
+weights are all moved one ulp up. Tests scale their window tolerances by it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import pathlib
+import sys
+
+import numpy as np
+
+import funcnets as fn
+from funcnets.parity import OptimizerSpec, numpy_init, synthetic_batches, torch_curve
+
+GOLDEN_DIR = pathlib.Path(__file__).resolve().parent.parent / "tests" / "golden"
+INIT_SEED, BATCH_SEED, WINDOW = 0, 1, 50
+
+OPTIMIZERS = (
+    OptimizerSpec("sgd", {"lr": 0.01}),
+    OptimizerSpec("sgd", {"lr": 0.01, "momentum": 0.9}),
+    OptimizerSpec("adagrad", {"lr": 0.01}),
+    OptimizerSpec("adadelta", {"lr": 1.0}),
+    OptimizerSpec("rmsprop", {"lr": 1e-3}),
+    OptimizerSpec("adam", {"lr": 1e-3}),
+)
+
+# model -> (steps recorded, batch size, steps compared one by one)
+HORIZONS = {
+    "mnist_mlp": (500, 64, 50),
+    "simple_net": (500, 64, 50),
+    "mnist_cnn": (100, 16, 10),
+    "cifar_cnn": (100, 16, 10),
+}
+
+
+def window_means(losses: np.ndarray) -> np.ndarray:
+    return np.asarray(losses[: len(losses) // WINDOW * WINDOW]).reshape(-1, WINDOW).mean(axis=1)
+
+
+def record(model_name: str, *, with_noise: bool = True) -> dict:
+    """PyTorch's curves for ``model_name``; ``with_noise`` adds its self-noise
+    (two more runs per case, which ``--check`` does not need)."""
+    import torch
+
+    steps, batch_size, per_step = HORIZONS[model_name]
+    model = fn.models.get(model_name)
+    state_dict = numpy_init(model, INIT_SEED)
+    batches = synthetic_batches(model, steps, batch_size, BATCH_SEED)
+    torch.set_num_threads(1)
+    cases = []
+    for spec in OPTIMIZERS:
+        losses, _ = torch_curve(model, spec, state_dict, batches)
+        case = {"optimizer": spec.name, "kwargs": spec.kwargs, "label": spec.label(),
+                "losses": [float(x) for x in losses]}
+        if with_noise:
+            case.update(self_noise(model, spec, state_dict, batches, losses, per_step))
+        cases.append(case)
+        print(f"{model_name:10s} {spec.label():28s} loss {losses[0]:.4f} -> {losses[-1]:.4f}  "
+              + (f"self-noise: first {per_step} steps {case['self_noise_per_step_max']:.1e}, "
+                 f"windows {case['self_noise_window_max']:.1e}" if with_noise else ""), flush=True)
+    return {
+        "model": model_name, "steps": steps, "batch_size": batch_size, "per_step_horizon": per_step,
+        "window": WINDOW, "init": f"funcnets.parity.numpy_init(model, seed={INIT_SEED})",
+        "batches": f"funcnets.parity.synthetic_batches(model, {steps}, {batch_size}, seed={BATCH_SEED})",
+        "torch": torch.__version__, "torch_threads": 1, "dropout": "off", "cases": cases,
+    }
+
+
+def self_noise(model, spec, state_dict, batches, losses, per_step: int) -> dict:
+    """PyTorch against itself: on 2 threads, and from initial weights one ulp up."""
+    import torch
+
+    nudged = {k: np.nextafter(v, np.float32(np.inf)) for k, v in state_dict.items()}
+    nudged_losses, _ = torch_curve(model, spec, nudged, batches)
+    torch.set_num_threads(2)
+    try:
+        two_thread_losses, _ = torch_curve(model, spec, state_dict, batches)
+    finally:
+        torch.set_num_threads(1)
+    others = (nudged_losses, two_thread_losses)
+    per_step_noise = max(np.abs(losses[:per_step] - o[:per_step]).max() for o in others)
+    window_noise = max(np.abs(window_means(losses) - window_means(o)).max() for o in others)
+    return {"self_noise_per_step_max": float(per_step_noise), "self_noise_window_max": float(window_noise)}
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--models", nargs="+", default=list(HORIZONS), choices=list(HORIZONS))
+    parser.add_argument("--check", action="store_true", help="compare with the committed files, write nothing")
+    args = parser.parse_args(argv)
+    mismatched = []
+    for name in args.models:
+        data = record(name, with_noise=not args.check)
+        path = GOLDEN_DIR / f"{name}.json"
+        if args.check:
+            committed = json.loads(path.read_text())
+            if [c["losses"] for c in committed["cases"]] != [c["losses"] for c in data["cases"]]:
+                mismatched.append(name)
+        else:
+            GOLDEN_DIR.mkdir(parents=True, exist_ok=True)
+            path.write_text(json.dumps(data, indent=1) + "\n")
+            print(f"wrote {path}")
+    if mismatched:
+        print(f"regenerated curves differ from the committed ones: {mismatched}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

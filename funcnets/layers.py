@@ -1,0 +1,152 @@
+"""Layers as pure functions over parameter dicts, initialised as PyTorch does.
+
+Each parameterised layer is described by a small spec (`Linear`, `Conv2d`)
+that knows its shapes, its PyTorch default init and how its parameters map to
+and from a PyTorch ``state_dict``. The forward maths are plain functions
+(`linear`, `conv2d`, `max_pool2d`, `dropout`) on NHWC arrays.
+
+Layouts (JAX-native, so the forward needs no transposes):
+
+=========  ==========================  ==============================
+layer      funcnets ``kernel``          PyTorch ``weight``
+=========  ==========================  ==============================
+Linear     (in_features, out_features)  (out_features, in_features)
+Conv2d     (kh, kw, in_ch, out_ch) HWIO (out_ch, in_ch, kh, kw) OIHW
+=========  ==========================  ==============================
+
+PyTorch's default init (``reset_parameters`` of ``nn.Linear``/``nn.Conv2d``)
+is ``kaiming_uniform_(weight, a=sqrt(5))``, i.e. with gain
+``sqrt(2 / (1 + a^2)) = sqrt(1/3)`` and bound ``gain * sqrt(3 / fan_in)``::
+
+    weight ~ U(-1/sqrt(fan_in), 1/sqrt(fan_in))
+    bias   ~ U(-1/sqrt(fan_in), 1/sqrt(fan_in))
+
+with ``fan_in = in_features`` (Linear) or ``in_ch * kh * kw`` (Conv2d). Flax's
+defaults (lecun-normal kernels, zero biases) differ; these do not.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import linen
+
+Params = dict[str, jax.Array]
+
+
+def _torch_uniform(key: jax.Array, shape: tuple[int, ...], fan_in: int, dtype) -> jax.Array:
+    bound = 1.0 / math.sqrt(fan_in)
+    return jax.random.uniform(key, shape, dtype, minval=-bound, maxval=bound)
+
+
+class Linear(NamedTuple):
+    """``nn.Linear(in_features, out_features)``: ``y = x @ kernel + bias``.
+
+    ``torch_input_chw``: when the layer follows PyTorch's ``torch.flatten`` of
+    an NCHW activation of shape ``(C, H, W)``, the row order of PyTorch's
+    weight is C-major while funcnets flattens NHWC (C-minor). The rows are
+    permuted once, when porting weights, so the forward pays nothing.
+    """
+
+    in_features: int
+    out_features: int
+    torch_input_chw: tuple[int, int, int] | None = None
+
+    @property
+    def fan_in(self) -> int:
+        return self.in_features
+
+    @property
+    def torch_weight_shape(self) -> tuple[int, ...]:
+        return (self.out_features, self.in_features)
+
+    def init(self, key: jax.Array, dtype=jnp.float32) -> Params:
+        kernel_key, bias_key = jax.random.split(key)
+        return {
+            "kernel": _torch_uniform(kernel_key, (self.in_features, self.out_features), self.fan_in, dtype),
+            "bias": _torch_uniform(bias_key, (self.out_features,), self.fan_in, dtype),
+        }
+
+    def kernel_from_torch(self, weight: np.ndarray) -> np.ndarray:
+        if self.torch_input_chw is not None:
+            c, h, w = self.torch_input_chw
+            weight = weight.reshape(self.out_features, c, h, w).transpose(0, 2, 3, 1)
+            weight = weight.reshape(self.out_features, self.in_features)
+        return weight.T
+
+    def kernel_to_torch(self, kernel: np.ndarray) -> np.ndarray:
+        weight = kernel.T
+        if self.torch_input_chw is not None:
+            c, h, w = self.torch_input_chw
+            weight = weight.reshape(self.out_features, h, w, c).transpose(0, 3, 1, 2)
+            weight = weight.reshape(self.out_features, self.in_features)
+        return weight
+
+
+class Conv2d(NamedTuple):
+    """``nn.Conv2d(in_channels, out_channels, kernel_size)``, stride 1, no padding.
+
+    PyTorch's default ``padding=0`` is XLA's ``'VALID'``: an HxW input gives
+    ``(H - k + 1) x (W - k + 1)``.
+    """
+
+    in_channels: int
+    out_channels: int
+    kernel_size: int
+
+    @property
+    def fan_in(self) -> int:
+        return self.in_channels * self.kernel_size**2
+
+    @property
+    def torch_weight_shape(self) -> tuple[int, ...]:
+        return (self.out_channels, self.in_channels, self.kernel_size, self.kernel_size)
+
+    def init(self, key: jax.Array, dtype=jnp.float32) -> Params:
+        kernel_key, bias_key = jax.random.split(key)
+        k = self.kernel_size
+        return {
+            "kernel": _torch_uniform(kernel_key, (k, k, self.in_channels, self.out_channels), self.fan_in, dtype),
+            "bias": _torch_uniform(bias_key, (self.out_channels,), self.fan_in, dtype),
+        }
+
+    def kernel_from_torch(self, weight: np.ndarray) -> np.ndarray:
+        return weight.transpose(2, 3, 1, 0)
+
+    def kernel_to_torch(self, kernel: np.ndarray) -> np.ndarray:
+        return kernel.transpose(3, 2, 0, 1)
+
+
+Layer = Linear | Conv2d
+
+
+def linear(params: Params, x: jax.Array) -> jax.Array:
+    """``(B, in) -> (B, out)``: ``x @ kernel + bias``."""
+    return x @ params["kernel"] + params["bias"][None, :]
+
+
+def conv2d(params: Params, x: jax.Array) -> jax.Array:
+    """``(B, H, W, Cin) -> (B, H-k+1, W-k+1, Cout)``: cross-correlation, as PyTorch."""
+    y = jax.lax.conv_general_dilated(
+        x, params["kernel"], window_strides=(1, 1), padding="VALID",
+        dimension_numbers=("NHWC", "HWIO", "NHWC"),
+    )
+    return y + params["bias"][None, None, None, :]
+
+
+def max_pool2d(x: jax.Array, size: int = 2) -> jax.Array:
+    """``F.max_pool2d(x, size)``: ``(B, H, W, C) -> (B, H//size, W//size, C)`` (floor)."""
+    return linen.max_pool(x, (size, size), strides=(size, size), padding="VALID")
+
+
+def dropout(x: jax.Array, rate: float, rng: jax.Array | None, train: bool) -> jax.Array:
+    """Inverted dropout as ``nn.Dropout(rate)``: zero with probability ``rate``,
+    scale survivors by ``1 / (1 - rate)``; the identity when not training."""
+    if not train or rate == 0.0:
+        return x
+    keep = jax.random.bernoulli(rng, 1.0 - rate, x.shape)
+    return jnp.where(keep, x / (1.0 - rate), jnp.zeros_like(x))

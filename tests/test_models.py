@@ -1,0 +1,172 @@
+"""The four models: shapes, parameter counts, PyTorch init, forward parity, interop."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import funcnets as fn
+
+torch = pytest.importorskip("torch")
+from funcnets import torch_models  # noqa: E402
+
+# PyTorch's own counts: sum(p.numel() for p in net.parameters())
+PARAM_COUNTS = {"mnist_mlp": 79_510, "simple_net": 109_386, "mnist_cnn": 1_199_882, "cifar_cnn": 299_434}
+
+
+def test_registry_lists_the_four_models():
+    assert fn.models.names() == ["mnist_mlp", "simple_net", "mnist_cnn", "cifar_cnn"]
+
+
+def test_unknown_model_name_is_a_clear_error():
+    with pytest.raises(ValueError, match="unknown model 'lenet'.*mnist_mlp"):
+        fn.models.get("lenet")
+    with pytest.raises(TypeError, match="does not take options"):
+        fn.models.get("mnist_mlp", dropout=(0.1, 0.1))
+
+
+@pytest.mark.parametrize("name", list(PARAM_COUNTS))
+def test_param_count_and_output_shape(name, getkey):
+    model = fn.models.get(name)
+    params = model.init(getkey())
+    assert sum(leaf.size for leaf in jax.tree.leaves(params)) == PARAM_COUNTS[name]
+    assert model.param_count == PARAM_COUNTS[name]
+    assert sum(p.numel() for p in torch_models.build(name).parameters()) == PARAM_COUNTS[name]
+    out = model.apply(params, jnp.zeros((3, *model.input_shape)))
+    assert out.shape == (3, 10) and out.dtype == jnp.float32
+
+
+@pytest.mark.parametrize("name", list(PARAM_COUNTS))
+def test_param_names_mirror_torch_state_dict(name, getkey):
+    model = fn.models.get(name)
+    params = model.init(getkey())
+    ours = [f"{layer}.{'weight' if leaf == 'kernel' else leaf}" for layer in params for leaf in params[layer]]
+    assert sorted(ours) == sorted(torch_models.build(name).state_dict())
+
+
+def _forward_gap(name, dtype):
+    model = fn.models.get(name)
+    net = torch_models.build(name).to(dtype).eval()
+    params = fn.interop.params_from_torch(model, net.state_dict())
+    x = np.random.default_rng(0).standard_normal((8, *model.input_shape))
+    x = x.astype(np.float64 if dtype == torch.float64 else np.float32)
+    ours = np.asarray(model.apply(params, jnp.asarray(x)))
+    theirs = net(torch.from_numpy(x.transpose(0, 3, 1, 2).copy())).detach().numpy()
+    assert ours.dtype == x.dtype
+    return np.abs(ours - theirs).max()
+
+
+@pytest.mark.parametrize("name", list(PARAM_COUNTS))
+def test_forward_matches_torch_float32(name):
+    torch.manual_seed(0)
+    assert _forward_gap(name, torch.float32) <= 1e-5
+
+
+@pytest.mark.parametrize("name", list(PARAM_COUNTS))
+def test_forward_matches_torch_float64(name, x64):
+    torch.manual_seed(0)
+    assert _forward_gap(name, torch.float64) <= 1e-12
+
+
+@pytest.mark.parametrize("name", list(PARAM_COUNTS))
+def test_init_distribution_matches_torch(name):
+    """Per layer, over several draws: every value inside PyTorch's bound, and
+    mean and std of U(-b, b) (0 and b/sqrt(3)) within 5 standard errors, for
+    both funcnets and PyTorch's own init."""
+    model = fn.models.get(name)
+    draws = 4
+    ours = [fn.interop.params_to_numpy_state_dict(model, model.init(jax.random.key(i))) for i in range(draws)]
+    theirs = []
+    for i in range(draws):
+        torch.manual_seed(i)
+        theirs.append({k: v.numpy() for k, v in torch_models.build(name).state_dict().items()})
+    for layer, spec in model.layers:
+        bound = 1 / np.sqrt(spec.fan_in)
+        for suffix in ("weight", "bias"):
+            key = f"{layer}.{suffix}"
+            for source in (ours, theirs):
+                values = np.concatenate([d[key].ravel() for d in source])
+                n, std = values.size, bound / np.sqrt(3)
+                assert np.abs(values).max() <= np.float32(bound), key  # bound rounded to float32
+                assert abs(values.mean()) <= 5 * std / np.sqrt(n), key
+                # the sample variance of U(-b, b) has std sqrt(4/45) b^2 / sqrt(n)
+                assert abs(values.var() - std**2) <= 5 * np.sqrt(4 / 45) * bound**2 / np.sqrt(n), key
+                if n >= 1000:  # uniform, not normal: the range is nearly filled
+                    assert np.abs(values).max() >= 0.99 * bound, key
+
+
+def test_init_is_deterministic_and_takes_dtype(x64):
+    model = fn.models.get("mnist_mlp")
+    a, b = model.init(jax.random.key(0)), model.init(jax.random.key(0))
+    assert all(np.array_equal(x, y) for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
+    assert all(leaf.dtype == jnp.float64 for leaf in jax.tree.leaves(model.init(jax.random.key(0), jnp.float64)))
+
+
+@pytest.mark.parametrize("name", list(PARAM_COUNTS))
+def test_torch_round_trip_is_exact(name):
+    model = fn.models.get(name)
+    state_dict = torch_models.build(name).state_dict()
+    back = fn.interop.params_to_torch(model, fn.interop.params_from_torch(model, state_dict))
+    assert list(back) == list(state_dict)
+    assert all(torch.equal(back[k], state_dict[k]) for k in state_dict)
+    params = model.init(jax.random.key(3))
+    again = fn.interop.params_from_torch(model, fn.interop.params_to_torch(model, params))
+    assert all(np.array_equal(x, y) for x, y in zip(jax.tree.leaves(params), jax.tree.leaves(again)))
+
+
+def test_ported_params_load_into_torch_and_agree():
+    model = fn.models.get("mnist_cnn")
+    params = model.init(jax.random.key(5))
+    net = torch_models.build("mnist_cnn").eval()
+    net.load_state_dict(fn.interop.params_to_torch(model, params))
+    x = np.random.default_rng(1).standard_normal((4, 28, 28, 1)).astype(np.float32)
+    theirs = net(torch.from_numpy(x.transpose(0, 3, 1, 2).copy())).detach().numpy()
+    assert np.abs(np.asarray(model.apply(params, jnp.asarray(x))) - theirs).max() <= 1e-5
+
+
+def test_bad_state_dict_names_the_problem():
+    model = fn.models.get("mnist_mlp")
+    state_dict = dict(torch_models.build("mnist_mlp").state_dict())
+    del state_dict["fc2.bias"]
+    with pytest.raises(ValueError, match=r"missing \['fc2.bias'\]"):
+        fn.interop.params_from_torch(model, state_dict)
+    wrong = {k: torch.zeros(v.shape[::-1]) for k, v in torch_models.build("mnist_mlp").state_dict().items()}
+    with pytest.raises(ValueError, match="shapes do not match mnist_mlp.*fc1.weight"):
+        fn.interop.params_from_torch(model, wrong)
+
+
+@pytest.mark.parametrize("x, error, match", [
+    (np.zeros((2, 28, 28)), ValueError, r"shape \(B, 28, 28, 1\) or \(B, 784\), got \(2, 28, 28\)"),
+    (np.zeros((2, 28, 28, 3), np.float32), ValueError, "got \\(2, 28, 28, 3\\)"),
+    (np.zeros((2, 1, 28, 28), np.float32), ValueError, "looks like NCHW"),
+    (np.zeros((2, 28, 28, 1), np.uint8), TypeError, "floating point"),
+    ([[0.0]], TypeError, "must be an array"),
+])
+def test_apply_rejects_bad_input_clearly(x, error, match):
+    model = fn.models.get("mnist_mlp") if "784" in match else fn.models.get("mnist_cnn")
+    params = model.init(jax.random.key(0))
+    with pytest.raises(error, match=match):
+        model.apply(params, x)
+
+
+def test_mlp_takes_flat_input_and_cnn_needs_rng_for_dropout():
+    mlp = fn.models.get("mnist_mlp")
+    params = mlp.init(jax.random.key(0))
+    x = jnp.ones((2, 28, 28, 1))
+    assert np.allclose(mlp.apply(params, x), mlp.apply(params, x.reshape(2, 784)))
+    cnn = fn.models.get("mnist_cnn")
+    with pytest.raises(ValueError, match="needs rng"):
+        cnn.apply(cnn.init(jax.random.key(0)), x, train=True)
+
+
+def test_dropout_differs_between_keys_but_not_at_eval():
+    model = fn.models.get("mnist_cnn")
+    params = model.init(jax.random.key(0))
+    x = jax.random.normal(jax.random.key(1), (4, 28, 28, 1))
+    a = model.apply(params, x, train=True, rng=jax.random.key(2))
+    b = model.apply(params, x, train=True, rng=jax.random.key(3))
+    assert not np.allclose(a, b)
+    assert np.array_equal(model.apply(params, x, train=True, rng=jax.random.key(2)), a)
+    assert np.array_equal(model.apply(params, x), model.apply(params, x, rng=jax.random.key(2)))
+    off = fn.models.get("mnist_cnn", dropout=(0.0, 0.0))
+    assert np.array_equal(off.apply(params, x, train=True, rng=jax.random.key(2)), model.apply(params, x))
