@@ -4,18 +4,19 @@
 >>> model = fn.models.get("mnist_mlp")
 >>> state = fn.create_train_state(model, fn.optim.sgd(lr=0.01), jax.random.key(0))
 
-Modules: `models` (the nets), `layers` (their pieces and init), `losses`,
-`optim` (PyTorch's optimizers on Optax), `interop` (PyTorch state dicts),
+Modules: `models` (the nets), `layers` (their pieces and init), `losses`, `data`,
+`optim` (PyTorch's optimizers on Optax), `checkpoint` (Orbax), `fit` (the loop), `interop` (PyTorch state dicts),
 `torch_models` (the PyTorch twins; needs torch).
 """
 
-from funcnets import interop, layers, losses, models, optim
-from funcnets.training import (TrainState, create_train_state, eval_step, make_eval_step,
-                               make_train_step, train_step)
+from funcnets import checkpoint, data, interop, layers, losses, models, optim
+from funcnets.fit import NonFiniteLossError, fit
+from funcnets.training import (TrainState, create_train_state, eval_step, evaluate, make_eval_step,
+                               make_train_step, train_epoch, train_step)
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "TrainState", "create_train_state", "eval_step", "interop", "layers", "losses",
-    "make_eval_step", "make_train_step", "models", "optim", "train_step",
+    "NonFiniteLossError", "TrainState", "checkpoint", "create_train_state", "fit", "data", "eval_step", "evaluate", "interop", "layers",
+    "losses", "make_eval_step", "make_train_step", "models", "optim", "train_epoch", "train_step",
 ]

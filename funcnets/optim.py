@@ -181,9 +181,10 @@ def adam_update(lr: ScalarOrSchedule, b1: float, b2: float, eps: float,
     """
 
     def init_fn(params):
-        zeros = optax.tree.zeros_like(params)
-        return AdamUpdateState(count=jnp.zeros([], jnp.int32), exp_avg=zeros, exp_avg_sq=zeros,
-                               max_exp_avg_sq=zeros if amsgrad else ())
+        # Distinct buffers per moment: a state holding one array twice cannot be donated.
+        return AdamUpdateState(count=jnp.zeros([], jnp.int32), exp_avg=optax.tree.zeros_like(params),
+                               exp_avg_sq=optax.tree.zeros_like(params),
+                               max_exp_avg_sq=optax.tree.zeros_like(params) if amsgrad else ())
 
     def update_fn(updates, state, params=None):
         del params

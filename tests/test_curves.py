@@ -77,8 +77,6 @@ def test_curve_matches_pytorch_golden(name, index):
           f"windows {window_gap:.1e} (tol {window_tolerance:.1e}; PyTorch self-noise {case['self_noise_window_max']:.1e})")
     assert per_step_gap <= PER_STEP_TOLERANCE[name]
     assert window_gap <= window_tolerance
-    learns = [c[-10:].mean() < c[:10].mean() for c in (ours, golden)]
-    assert learns[0] == learns[1]
 
 
 @pytest.mark.parametrize("name, index", list(_cases()))

@@ -174,3 +174,15 @@ def test_torch_rejects_the_same_arguments():
                  lambda: torch.optim.RMSprop(params, alpha=-0.1)):
         with pytest.raises(ValueError):
             make()
+
+
+@pytest.mark.parametrize("name", ["sgd", "adagrad", "adadelta", "rmsprop", "adam", "adamw"])
+def test_optimizer_state_can_be_donated(name):
+    """No two leaves of the state share a buffer (donating such a state fails)."""
+    kwargs = {"momentum": 0.9} if name in ("sgd", "rmsprop") else {}
+    kwargs.update({"amsgrad": True} if name.startswith("adam") else {})
+    tx = fn.optim.create(name, **kwargs)
+    params = {"w": jnp.ones(3)}
+    state = tx.init(params)
+    update = jax.jit(lambda s: tx.update({"w": jnp.ones(3)}, s, params)[1], donate_argnums=0)
+    update(update(state))

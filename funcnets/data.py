@@ -1,0 +1,324 @@
+"""Datasets as whole NumPy arrays: ``images`` uint8 ``(N, H, W, C)``, ``labels`` int32 ``(N,)``.
+
+>>> import funcnets as fn
+>>> train = fn.data.load("digits", "train")        # always available offline
+>>> x = fn.data.normalize(train.images, train.info) # float32, once for the whole split
+
+``load(name, split)`` tries, in order, and says which one it used in
+``info.source``:
+
+1. ``data_dir``, when given: the dataset's own published files in it (MNIST-style
+   IDX files, CIFAR-10 python or binary batches), or a TFDS copy prepared there;
+2. a TFDS copy prepared in TFDS's default data dir (``$TFDS_DATA_DIR`` or
+   ``~/tensorflow_datasets``), read with ``as_data_source`` (no TensorFlow needed
+   for ArrayRecord copies);
+3. known local folders (Debian's ``dataset-fashion-mnist`` installs
+   ``/usr/share/datasets/fashion-mnist``);
+4. a TFDS download (``download_and_prepare``, needs the network, and TensorFlow
+   for MNIST's archives).
+
+If every source fails, one `DatasetNotFoundError` lists what was tried and how to
+get the data. A file that is there but broken (truncated, wrong magic number,
+labels that do not match the images) raises `CorruptDatasetError` naming it.
+"""
+
+from __future__ import annotations
+
+import gzip
+import os
+import pathlib
+import pickle
+import struct
+from typing import NamedTuple
+
+import numpy as np
+
+SPLITS = ("train", "test")
+
+
+class DatasetInfo(NamedTuple):
+    """What a split is: ``mean``/``std`` are per channel, on the 0-1 scale."""
+
+    name: str
+    split: str
+    num_classes: int
+    class_names: tuple[str, ...]
+    image_shape: tuple[int, int, int]
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    source: str
+
+
+class Dataset(NamedTuple):
+    images: np.ndarray  # uint8 (N, H, W, C)
+    labels: np.ndarray  # int32 (N,)
+    info: DatasetInfo
+
+
+class DatasetNotFoundError(FileNotFoundError):
+    """No source had the dataset; the message lists each one tried and how to get it."""
+
+
+class CorruptDatasetError(ValueError):
+    """A dataset file exists but cannot be read as what it claims to be."""
+
+
+class _Spec(NamedTuple):
+    tfds_name: str | None
+    class_names: tuple[str, ...]
+    image_shape: tuple[int, int, int]
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    known_dirs: tuple[str, ...]
+    how_to_get: str
+
+
+_DIGIT_NAMES = tuple(str(d) for d in range(10))
+_SPECS = {
+    "mnist": _Spec(
+        "mnist", _DIGIT_NAMES, (28, 28, 1), (0.1307,), (0.3081,), ("/usr/share/datasets/mnist",),
+        "download the four IDX files (train-images-idx3-ubyte.gz, train-labels-idx1-ubyte.gz, "
+        "t10k-images-idx3-ubyte.gz, t10k-labels-idx1-ubyte.gz) from the MNIST site into a folder "
+        "and pass data_dir=<folder>; or prepare it with TFDS where the network is available "
+        "(tfds.builder('mnist').download_and_prepare(file_format='array_record')); offline, "
+        "Fashion-MNIST (`apt-get install dataset-fashion-mnist`) or 'digits' work"),
+    "fashion_mnist": _Spec(
+        "fashion_mnist",
+        ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag",
+         "Ankle boot"),
+        (28, 28, 1), (0.2860,), (0.3530,), ("/usr/share/datasets/fashion-mnist",),
+        "`apt-get install dataset-fashion-mnist` (Debian; found without flags), or put the four "
+        "IDX files from github.com/zalandoresearch/fashion-mnist in a folder and pass data_dir=<folder>"),
+    "cifar10": _Spec(
+        "cifar10",
+        ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"),
+        (32, 32, 3), (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616), (),
+        "download cifar-10-python.tar.gz (or the binary version) from "
+        "https://www.cs.toronto.edu/~kriz/cifar.html, extract it and pass data_dir=<folder holding "
+        "cifar-10-batches-py>; or prepare it with TFDS where the network is available"),
+    "digits": _Spec(
+        None, _DIGIT_NAMES, (28, 28, 1), (0.1558,), (0.2768,), (),
+        "it ships with scikit-learn: `pip install scikit-learn`"),
+}
+
+
+def names() -> list[str]:
+    """The dataset names `load` takes."""
+    return list(_SPECS)
+
+
+def load(name: str, split: str = "train", *, data_dir: str | os.PathLike | None = None,
+         download: bool = True) -> Dataset:
+    """The whole ``split`` of dataset ``name`` as NumPy arrays (see the module doc for sources).
+
+    ``download=False`` skips the last source (a TFDS download).
+    """
+    if name not in _SPECS:
+        raise ValueError(f"unknown dataset {name!r}; choose one of {', '.join(names())}")
+    if split not in SPLITS:
+        raise ValueError(f"unknown split {split!r} for {name}; choose one of {', '.join(SPLITS)}")
+    spec = _SPECS[name]
+    if name == "digits":
+        images, labels = _load_digits(split)
+        return _dataset(name, split, images, labels, "scikit-learn load_digits")
+
+    attempts: list[str] = []
+    sources = []
+    if data_dir is not None:
+        sources.append(("files", pathlib.Path(data_dir)))
+        sources.append(("tfds", str(data_dir)))
+    sources.append(("tfds", None))
+    sources += [("files", pathlib.Path(d)) for d in spec.known_dirs]
+    if download:
+        sources.append(("tfds-download", None))
+
+    for kind, where in sources:
+        try:
+            if kind == "files":
+                images, labels, source = _load_files(name, split, where)
+            else:
+                images, labels, source = _load_tfds(spec.tfds_name, split, where, kind == "tfds-download")
+        except _Missing as missing:
+            attempts.append(str(missing))
+            continue
+        return _dataset(name, split, images, labels, source)
+
+    tried = "\n".join(f"  - {a}" for a in attempts)
+    raise DatasetNotFoundError(f"dataset {name!r} ({split} split) was not found. Tried:\n{tried}\n"
+                               f"To get it: {spec.how_to_get}.")
+
+
+def normalize(images: np.ndarray, info: DatasetInfo) -> np.ndarray:
+    """``(images / 255 - mean) / std`` per channel, as ``transforms.Normalize`` after
+    ``ToTensor``: float32, computed once over the whole array."""
+    if images.dtype != np.uint8:
+        raise TypeError(f"images must be uint8 as loaded, got {images.dtype}")
+    mean = np.asarray(info.mean, np.float32)
+    std = np.asarray(info.std, np.float32)
+    return (images.astype(np.float32) / np.float32(255.0) - mean) / std
+
+
+# --- the pieces ---------------------------------------------------------------------
+
+class _Missing(Exception):
+    """A source that does not have the data (not an error while others remain)."""
+
+
+def _dataset(name, split, images, labels, source) -> Dataset:
+    spec = _SPECS[name]
+    if images.shape[1:] != spec.image_shape:
+        raise CorruptDatasetError(f"{source}: images have shape {images.shape[1:]}, "
+                                  f"{name} has {spec.image_shape}")
+    if len(images) != len(labels):
+        raise CorruptDatasetError(f"{source}: {len(images)} images but {len(labels)} labels")
+    if labels.size and (labels.min() < 0 or labels.max() >= len(spec.class_names)):
+        raise CorruptDatasetError(f"{source}: labels outside [0, {len(spec.class_names)})")
+    info = DatasetInfo(name, split, len(spec.class_names), spec.class_names, spec.image_shape,
+                       spec.mean, spec.std, source)
+    return Dataset(np.ascontiguousarray(images, np.uint8), labels.astype(np.int32), info)
+
+
+_IDX_DTYPES = {0x08: np.uint8}
+
+
+def read_idx(path: str | os.PathLike) -> np.ndarray:
+    """An IDX file (``.gz`` or raw) as an array: magic ``0x0000 TT NN`` (type ``TT``,
+    ``NN`` dimensions), ``NN`` big-endian uint32 sizes, then the data."""
+    path = pathlib.Path(path)
+    try:
+        opener = gzip.open if path.suffix == ".gz" else open
+        with opener(path, "rb") as f:
+            raw = f.read()
+    except (OSError, EOFError, gzip.BadGzipFile) as error:
+        raise CorruptDatasetError(f"{path}: cannot be read as {'gzip' if path.suffix == '.gz' else 'a file'}: "
+                                  f"{error}") from None
+    if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] not in _IDX_DTYPES or not 1 <= raw[3] <= 4:
+        raise CorruptDatasetError(f"{path}: not an IDX file of uint8 (magic number {raw[:4].hex() or 'missing'}, "
+                                  "expected 00000801 for labels or 00000803 for images)")
+    ndim = raw[3]
+    header = 4 + 4 * ndim
+    if len(raw) < header:
+        raise CorruptDatasetError(f"{path}: truncated header")
+    shape = struct.unpack(f">{ndim}I", raw[4:header])
+    expected = int(np.prod(shape))
+    if len(raw) - header != expected:
+        raise CorruptDatasetError(f"{path}: truncated or padded: the header promises shape {shape} "
+                                  f"({expected} bytes), the file holds {len(raw) - header}")
+    return np.frombuffer(raw, np.uint8, offset=header).reshape(shape)
+
+
+def _find(folder: pathlib.Path, stem: str) -> pathlib.Path | None:
+    for candidate in (folder / f"{stem}.gz", folder / stem):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def _load_files(name: str, split: str, folder: pathlib.Path):
+    if not folder.is_dir():
+        raise _Missing(f"{folder}: no such folder")
+    if name == "cifar10":
+        return _load_cifar(split, folder)
+    prefix = "train" if split == "train" else "t10k"
+    image_path = _find(folder, f"{prefix}-images-idx3-ubyte")
+    label_path = _find(folder, f"{prefix}-labels-idx1-ubyte")
+    if image_path is None or label_path is None:
+        missing = [f"{prefix}-{kind}-ubyte[.gz]" for kind, p in (("images-idx3", image_path),
+                                                                 ("labels-idx1", label_path)) if p is None]
+        raise _Missing(f"{folder}: no {' or '.join(missing)}")
+    images, labels = read_idx(image_path), read_idx(label_path)
+    if images.ndim != 3 or labels.ndim != 1:
+        raise CorruptDatasetError(f"{image_path} / {label_path}: expected 3-D images and 1-D labels, "
+                                  f"got shapes {images.shape} and {labels.shape}")
+    if len(images) != len(labels):
+        raise CorruptDatasetError(f"{label_path}: {len(labels)} labels for the {len(images)} images "
+                                  f"of {image_path}")
+    return images[..., None], labels, f"IDX files in {folder}"
+
+
+def _load_cifar(split: str, folder: pathlib.Path):
+    names = [f"data_batch_{i}" for i in range(1, 6)] if split == "train" else ["test_batch"]
+    for sub in ("cifar-10-batches-py", "."):
+        base = folder / sub
+        if all((base / n).is_file() for n in names):
+            parts = [_read_cifar_pickle(base / n) for n in names]
+            return (np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts]),
+                    f"CIFAR-10 python batches in {base.resolve()}")
+    for sub in ("cifar-10-batches-bin", "."):
+        base = folder / sub
+        if all((base / f"{n}.bin").is_file() for n in names):
+            parts = [_read_cifar_binary(base / f"{n}.bin") for n in names]
+            return (np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts]),
+                    f"CIFAR-10 binary batches in {base.resolve()}")
+    raise _Missing(f"{folder}: no CIFAR-10 batches ({', '.join(names)}) in it, "
+                   "cifar-10-batches-py/ or cifar-10-batches-bin/")
+
+
+def _read_cifar_pickle(path: pathlib.Path):
+    try:
+        with open(path, "rb") as f:
+            batch = pickle.load(f, encoding="bytes")
+        data = np.asarray(batch[b"data"], np.uint8)
+        labels = np.asarray(batch[b"labels"])
+    except Exception as error:  # a broken pickle can raise almost anything
+        raise CorruptDatasetError(f"{path}: not a CIFAR-10 python batch: {error!r}") from None
+    if data.ndim != 2 or data.shape[1] != 3072 or len(data) != len(labels):
+        raise CorruptDatasetError(f"{path}: expected (N, 3072) data and N labels, got {data.shape} "
+                                  f"and {labels.shape}")
+    return data.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1), labels
+
+
+def _read_cifar_binary(path: pathlib.Path):
+    raw = np.fromfile(path, np.uint8)
+    if raw.size == 0 or raw.size % 3073:
+        raise CorruptDatasetError(f"{path}: {raw.size} bytes is not a whole number of 3073-byte records")
+    records = raw.reshape(-1, 3073)
+    return records[:, 1:].reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1), records[:, 0]
+
+
+def _load_tfds(tfds_name: str, split: str, data_dir: str | None, download: bool):
+    where = f"TFDS {tfds_name} in {data_dir or 'the default TFDS data dir'}"
+    try:
+        import tensorflow_datasets as tfds
+    except ImportError as error:
+        raise _Missing(f"{where}: tensorflow-datasets does not import ({error})") from None
+    builder = tfds.builder(tfds_name, data_dir=data_dir)
+    try:
+        if download:
+            where = f"TFDS download of {tfds_name}"
+            builder.download_and_prepare(file_format="array_record")
+        source = builder.as_data_source(split=split)
+    except Exception as error:  # TFDS raises many kinds for "not here"; each is reported
+        if not download and not builder.is_prepared():
+            raise _Missing(f"{where}: not prepared there") from None
+        message = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        if "tensorflow" in str(error).lower() and not download:
+            message += " (a copy prepared as TFRecord needs TensorFlow to read; ArrayRecord copies do not)"
+        raise _Missing(f"{where}: {type(error).__name__}: {message[:300]}") from None
+    examples = [source[i] for i in range(len(source))]
+    images = np.stack([np.asarray(e["image"], np.uint8) for e in examples])
+    labels = np.asarray([e["label"] for e in examples])
+    return images, labels, f"TFDS {tfds_name} ({getattr(builder, 'data_dir', data_dir)})"
+
+
+def _load_digits(split: str):
+    """scikit-learn's 1,797 8x8 digits (0-16) as MNIST-like 28x28 uint8 images.
+
+    Each digit is scaled bilinearly to 20x20 and centred in 28x28, as MNIST
+    centres its digits in a 20x20 box; intensities go 0-16 -> 0-255. Split: the
+    first 1,437 (80%) in scikit-learn's order for training, the other 360 for test.
+    """
+    try:
+        from sklearn.datasets import load_digits
+    except ImportError as error:
+        raise DatasetNotFoundError(f"dataset 'digits' needs scikit-learn: {error}") from None
+    import jax
+
+    bunch = load_digits()
+    small = bunch.images.astype(np.float32) / 16.0
+    big = np.asarray(jax.image.resize(small, (len(small), 20, 20), method="bilinear"))
+    images = np.zeros((len(small), 28, 28, 1), np.uint8)
+    images[:, 4:24, 4:24, 0] = np.clip(np.round(big * 255.0), 0, 255).astype(np.uint8)
+    cut = 1437
+    sl = slice(None, cut) if split == "train" else slice(cut, None)
+    return images[sl], bunch.target[sl].astype(np.int32)

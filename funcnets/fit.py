@@ -1,0 +1,195 @@
+"""``fit``: epochs of training and evaluation, with progress, metrics and checkpoints.
+
+The side effects live here (progress bar, log lines, the metrics file,
+checkpoints); the training itself is `funcnets.training.run_steps`, run on the
+device in chunks of ``log_every`` steps with one host sync per chunk.
+
+Metrics go to a JSON-lines file, one record per chunk::
+
+    {"kind": "step", "step": 300, "epoch": 0, "loss": 0.41, "accuracy": 0.88, "lr": 0.01, "seconds": 1.9}
+
+(loss and accuracy are means over the steps since the previous record; the ragged
+last batch of an epoch gets its own record) and one
+per epoch::
+
+    {"kind": "epoch", "step": 938, "epoch": 0, "loss": ..., "accuracy": ...,
+     "test_loss": ..., "test_accuracy": ..., "lr": ..., "seconds": ...}
+
+(the epoch's loss and accuracy are means over its training steps, as the
+tutorials print them).
+
+Exact resume: epoch ``e`` visits the examples in ``epoch_order(n,
+fold_in(rng, e))`` and step ``t`` draws its dropout masks from
+``fold_in(state.rng, t)``, so a run restored from a checkpoint at any step
+repeats the uninterrupted run bit for bit. On resume the metrics file is cut
+back to the checkpoint's step.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import pathlib
+import time
+from typing import Callable
+
+import jax
+import numpy as np
+from tqdm.auto import tqdm
+
+from funcnets.checkpoint import Checkpointer, Progress
+from funcnets.models import _check_key
+from funcnets.training import TrainState, _device_split, batch_index, epoch_order, evaluate, run_steps
+
+
+class NonFiniteLossError(FloatingPointError):
+    """The training loss became NaN or infinite; the message names the step."""
+
+
+def _chunks(index_parts: list[jax.Array], start: int, size: int):
+    """``(first_step, rows)`` pieces of at most ``size`` rows, from row ``start`` of the epoch."""
+    offset = 0
+    for part in index_parts:
+        rows = int(part.shape[0])
+        begin = max(start - offset, 0)
+        for i in range(begin, rows, size):
+            yield offset + i, part[i:min(i + size, rows)]
+        offset += rows
+
+
+def _lr_at(learning_rate, step: int):
+    if learning_rate is None:
+        return None
+    return float(learning_rate(step)) if callable(learning_rate) else float(learning_rate)
+
+
+def _cut_metrics(path: pathlib.Path, last_step: int) -> None:
+    if not path.exists():
+        return
+    kept = [line for line in path.read_text().splitlines()
+            if line.strip() and json.loads(line)["step"] <= last_step]
+    path.write_text("".join(line + "\n" for line in kept))
+
+
+def fit(state: TrainState, train: tuple, test: tuple | None = None, *, epochs: int, batch_size: int,
+        rng: jax.Array, test_batch_size: int = 1000, drop_last: bool = False, log_every: int = 100,
+        metrics_path: str | os.PathLike | None = None, checkpointer: Checkpointer | None = None,
+        resume: bool = False, learning_rate: float | Callable | None = None, progress: bool = True,
+        log: Callable[[str], None] = print) -> tuple[TrainState, list[dict]]:
+    """Train for ``epochs`` epochs on ``train = (images, labels)``, evaluating on ``test``.
+
+    Args:
+      state: from `funcnets.create_train_state`; donated (use the returned one).
+      train, test: whole splits, normalised float images and int labels; put on
+        the device once.
+      rng: the key of the data order (epoch ``e`` uses ``fold_in(rng, e)``).
+      log_every: steps between host syncs, metrics records and progress updates.
+      checkpointer: saves as its cadence says (checked every ``log_every`` steps
+        and at each epoch's end); with ``resume=True`` training starts from its
+        newest checkpoint, if any.
+      learning_rate: the optimizer's lr (float or schedule), for the records only.
+      log: where the per-epoch lines go (``print`` by default).
+
+    Returns the final state and the per-epoch records. A NaN or infinite loss
+    raises `NonFiniteLossError` naming the step; nothing after the last good
+    checkpoint is saved.
+    """
+    if not isinstance(epochs, int) or epochs < 1:
+        raise ValueError(f"epochs must be a positive integer, got {epochs!r}")
+    if not isinstance(log_every, int) or log_every < 1:
+        raise ValueError(f"log_every must be a positive integer, got {log_every!r}")
+    _check_key(rng, "rng")
+    if resume and checkpointer is None:
+        raise ValueError("resume=True needs a checkpointer")
+    train_images, train_labels = _device_split(state, *train, batch_size)
+    if test is not None:
+        test_images, test_labels = _device_split(state, *test, test_batch_size, "test_batch_size")
+    n = int(train_images.shape[0])
+    epoch_steps = steps_per_epoch(n, batch_size, drop_last)
+    if epoch_steps == 0:
+        raise ValueError(f"batch_size {batch_size} with drop_last leaves no step in {n} examples")
+
+    start = Progress(0, 0)
+    if resume:
+        restored = checkpointer.restore_latest(state)
+        if restored is not None:
+            state, start = restored
+            if start.position >= epoch_steps:
+                start = Progress(start.epoch + 1, 0)
+            log(f"Resumed from step {int(state.step)} (epoch {start.epoch + 1}, batch {start.position})")
+    metrics_file = pathlib.Path(metrics_path) if metrics_path is not None else None
+    if metrics_file is not None:
+        metrics_file.parent.mkdir(parents=True, exist_ok=True)
+        if resume:
+            _cut_metrics(metrics_file, int(state.step))
+        elif metrics_file.exists():
+            metrics_file.unlink()
+
+    def record(entry: dict) -> None:
+        if metrics_file is not None:
+            with metrics_file.open("a") as f:
+                f.write(json.dumps(entry) + "\n")
+
+    history = []
+    for epoch in range(start.epoch, epochs):
+        epoch_start = time.perf_counter()
+        parts = batch_index(epoch_order(n, jax.random.fold_in(rng, epoch)), batch_size, drop_last)
+        resuming = epoch == start.epoch
+        position = start.position if resuming else 0
+        loss_sum = start.loss_sum if resuming else 0.0
+        accuracy_sum = start.accuracy_sum if resuming else 0.0
+        done = position
+        bar = tqdm(total=epoch_steps, initial=position, desc=f"epoch {epoch + 1}/{epochs}",
+                   unit="step", disable=not progress, leave=False)
+        for first, rows in _chunks(parts, position, log_every):
+            chunk_start = time.perf_counter()
+            state, metrics = run_steps(state, train_images, train_labels, rows)
+            losses, accuracies = (np.asarray(m, np.float64) for m in jax.device_get(
+                (metrics["loss"], metrics["accuracy"])))
+            bad = np.flatnonzero(~np.isfinite(losses))
+            if bad.size:
+                step = int(state.step) - len(losses) + int(bad[0]) + 1
+                if checkpointer is not None:
+                    checkpointer.wait()
+                kept = f"; the last good checkpoint is step {checkpointer.steps()[-1]}" if (
+                    checkpointer is not None and checkpointer.steps()) else ""
+                raise NonFiniteLossError(f"loss became {losses[bad[0]]} at step {step} (epoch {epoch + 1}, "
+                                         f"batch {first + int(bad[0]) + 1}); training stopped{kept}")
+            done = first + len(losses)
+            loss_sum += losses.sum()
+            accuracy_sum += accuracies.sum()
+            seconds = time.perf_counter() - chunk_start
+            examples = int(np.prod(rows.shape))
+            bar.update(len(losses))
+            bar.set_postfix(loss=f"{losses.mean():.4f}", samples_per_s=f"{examples / seconds:.0f}")
+            step = int(state.step)
+            record({"kind": "step", "step": step, "epoch": epoch, "loss": float(losses.mean()),
+                    "accuracy": float(accuracies.mean()), "lr": _lr_at(learning_rate, step - 1),
+                    "seconds": seconds})
+            if checkpointer is not None and done < epoch_steps and checkpointer.due(step):
+                checkpointer.save(state, Progress(epoch, done, loss_sum, accuracy_sum))
+        bar.close()
+        entry = {"kind": "epoch", "step": int(state.step), "epoch": epoch,
+                 "loss": loss_sum / epoch_steps, "accuracy": accuracy_sum / epoch_steps}
+        if test is not None:
+            scores = evaluate(state, test_images, test_labels, batch_size=test_batch_size)
+            entry.update(test_loss=scores["loss"], test_accuracy=scores["accuracy"])
+        entry.update(lr=_lr_at(learning_rate, int(state.step) - 1), seconds=time.perf_counter() - epoch_start)
+        record(entry)
+        history.append(entry)
+        line = f"Epoch {epoch + 1}/{epochs} - Training loss: {entry['loss']:.4f}"
+        if test is not None:
+            line += f" - Test loss: {entry['test_loss']:.4f}, Test accuracy: {100 * entry['test_accuracy']:.2f}%"
+        log(line + f" ({entry['seconds']:.1f}s)")
+        if checkpointer is not None and checkpointer.due(int(state.step), end_of_epoch=True):
+            checkpointer.save(state, Progress(epoch, epoch_steps, loss_sum, accuracy_sum))
+    if checkpointer is not None:
+        checkpointer.wait()
+    return state, history
+
+
+def steps_per_epoch(num_examples: int, batch_size: int, drop_last: bool = False) -> int:
+    """How many steps one epoch takes: ``len(DataLoader(...))``."""
+    return num_examples // batch_size if drop_last else math.ceil(num_examples / batch_size)
+

@@ -1,0 +1,43 @@
+"""A small real training run for the exact-resume test: ``python tests/resume_run.py OUT MODEL [--resume]``.
+
+Trains MODEL on the bundled digits with checkpoints every 4 steps under OUT/ckpt,
+metrics in OUT/metrics.jsonl, final params in OUT/params.npz. Each epoch line
+sleeps a little so that a test can kill the process while it trains.
+"""
+
+import sys
+import time
+
+import jax
+import numpy as np
+
+import funcnets as fn
+
+
+def main(out: str, model_name: str, resume: bool) -> None:
+    train, test = fn.data.load("digits", "train"), fn.data.load("digits", "test")
+    n = 512 if model_name == "mnist_cnn" else len(train.labels)
+    images = fn.data.normalize(train.images[:n], train.info)
+    model = fn.models.get(model_name)
+    tx = fn.optim.adam(lr=1e-3)
+    state = fn.create_train_state(model, tx, jax.random.key(0))
+
+    def slow_log(line: str) -> None:
+        print(line, flush=True)
+        time.sleep(0.3)
+
+    with fn.checkpoint.Checkpointer(f"{out}/ckpt", save_every_steps=4, max_to_keep=2,
+                                    config={"model": model_name, "optimizer": "adam"}) as ckpt:
+        state, _ = fn.fit(state, (images, train.labels[:n]),
+                          (fn.data.normalize(test.images, test.info), test.labels),
+                          epochs=6, batch_size=50, rng=jax.random.key(1), log_every=2,
+                          metrics_path=f"{out}/metrics.jsonl", checkpointer=ckpt, resume=resume,
+                          progress=False, log=slow_log)
+    flat = {"/".join(str(k.key) for k in path): np.asarray(leaf)
+            for path, leaf in jax.tree_util.tree_leaves_with_path(state.params)}
+    np.savez(f"{out}/params.npz", **flat)
+    print("done", flush=True)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1], sys.argv[2], "--resume" in sys.argv[3:])
