@@ -27,7 +27,7 @@ import optax
 from flax import struct
 from flax.training import train_state
 
-from funcnets import losses
+from funcnets import layers, losses
 from funcnets.models import Model, Params, _check_key
 
 Batch = tuple[Any, Any]
@@ -214,7 +214,7 @@ def uses_scan(model: Model) -> bool:
     step jitted alone (measured 7-40x), so those run a jitted step per batch,
     still without a host sync between steps.
     """
-    has_conv = any(type(spec).__name__ == "Conv2d" for _, spec in model.layers)
+    has_conv = any(isinstance(spec, layers.Conv2d) for _, spec in model.layers)
     return not (has_conv and jax.default_backend() == "cpu")
 
 

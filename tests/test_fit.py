@@ -196,3 +196,10 @@ def test_sigkill_mid_training_then_resume_is_bit_identical(model, tmp_path):
         return [{k: v for k, v in r.items() if k != "seconds"} for r in rows]
 
     assert records(killed) == records(straight)
+
+
+def test_scan_is_used_except_for_convolutions_on_cpu():
+    from funcnets.training import uses_scan
+
+    expected = [True, True, jax.default_backend() != "cpu", jax.default_backend() != "cpu"]
+    assert [uses_scan(fn.models.get(n)) for n in fn.models.names()] == expected
