@@ -40,6 +40,7 @@ from tqdm.auto import tqdm
 
 from funcnets.checkpoint import Checkpointer, Progress
 from funcnets.models import _check_key
+from funcnets.optim import learning_rate_at
 from funcnets.training import TrainState, _device_split, batch_index, epoch_order, evaluate, run_steps
 
 
@@ -58,10 +59,8 @@ def _chunks(index_parts: list[jax.Array], start: int, size: int):
         offset += rows
 
 
-def _lr_at(learning_rate, step: int):
-    if learning_rate is None:
-        return None
-    return float(learning_rate(step)) if callable(learning_rate) else float(learning_rate)
+def _logged_lr(learning_rate, count: int) -> float | None:
+    return None if learning_rate is None else float(learning_rate_at(learning_rate, count))
 
 
 def _cut_metrics(path: pathlib.Path, last_step: int) -> None:
@@ -165,7 +164,7 @@ def fit(state: TrainState, train: tuple, test: tuple | None = None, *, epochs: i
             bar.set_postfix(loss=f"{losses.mean():.4f}", samples_per_s=f"{examples / seconds:.0f}")
             step = int(state.step)
             record({"kind": "step", "step": step, "epoch": epoch, "loss": float(losses.mean()),
-                    "accuracy": float(accuracies.mean()), "lr": _lr_at(learning_rate, step - 1),
+                    "accuracy": float(accuracies.mean()), "lr": _logged_lr(learning_rate, step - 1),
                     "seconds": seconds})
             if checkpointer is not None and done < epoch_steps and checkpointer.due(step):
                 checkpointer.save(state, Progress(epoch, done, loss_sum, accuracy_sum))
@@ -175,7 +174,7 @@ def fit(state: TrainState, train: tuple, test: tuple | None = None, *, epochs: i
         if test is not None:
             scores = evaluate(state, test_images, test_labels, batch_size=test_batch_size)
             entry.update(test_loss=scores["loss"], test_accuracy=scores["accuracy"])
-        entry.update(lr=_lr_at(learning_rate, int(state.step) - 1), seconds=time.perf_counter() - epoch_start)
+        entry.update(lr=_logged_lr(learning_rate, int(state.step) - 1), seconds=time.perf_counter() - epoch_start)
         record(entry)
         history.append(entry)
         line = f"Epoch {epoch + 1}/{epochs} - Training loss: {entry['loss']:.4f}"

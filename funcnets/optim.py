@@ -75,7 +75,8 @@ def _check_lr(lr: ScalarOrSchedule) -> None:
     _require(float(lr) >= 0.0, f"Invalid learning rate: {lr}")
 
 
-def _lr_at(lr: ScalarOrSchedule, count: jax.Array):
+def learning_rate_at(lr: ScalarOrSchedule, count):
+    """The learning rate at update ``count`` (0-based): ``lr(count)`` for a schedule, else ``lr``."""
     return lr(count) if callable(lr) else lr
 
 
@@ -193,7 +194,7 @@ def adam_update(lr: ScalarOrSchedule, b1: float, b2: float, eps: float,
         exp_avg_sq = jax.tree.map(lambda g, v: b2 * v + ((1 - b2) * g) * g, updates, state.exp_avg_sq)
         max_exp_avg_sq = jax.tree.map(jnp.maximum, state.max_exp_avg_sq, exp_avg_sq) if amsgrad else ()
         second = max_exp_avg_sq if amsgrad else exp_avg_sq
-        step_size = _lr_at(lr, state.count) / _bias_correction(b1, count)
+        step_size = learning_rate_at(lr, state.count) / _bias_correction(b1, count)
         correction2_sqrt = jnp.sqrt(_bias_correction(b2, count))
 
         def descent(m, v):
@@ -255,7 +256,7 @@ def adagrad(lr: ScalarOrSchedule = 1e-2, lr_decay: float = 0.0, weight_decay: fl
     rate = lr
     if lr_decay != 0:
         def rate(count):
-            return _lr_at(lr, count) / (1 + count * lr_decay)
+            return learning_rate_at(lr, count) / (1 + count * lr_decay)
     return optax.chain(*_prologue(maximize, weight_decay),
                        scale_by_sum_of_squares(initial_accumulator_value, eps),
                        optax.scale_by_learning_rate(rate))
@@ -345,7 +346,7 @@ def adamw(lr: ScalarOrSchedule = 1e-3, betas: tuple[float, float] = (0.9, 0.999)
     steps = _prologue(maximize, 0.0)
     steps.append(adam_update(lr, b1, b2, eps, amsgrad))
     if weight_decay != 0:
-        steps.append(optax.add_decayed_weights(lambda count: -_lr_at(lr, count) * weight_decay))
+        steps.append(optax.add_decayed_weights(lambda count: -learning_rate_at(lr, count) * weight_decay))
     return optax.chain(*steps)
 
 
