@@ -25,6 +25,7 @@ labels that do not match the images) raises `CorruptDatasetError` naming it.
 from __future__ import annotations
 
 import gzip
+import logging
 import os
 import pathlib
 import pickle
@@ -71,6 +72,7 @@ class _Spec(NamedTuple):
     std: tuple[float, ...]
     known_dirs: tuple[str, ...]
     how_to_get: str
+    download_host: str | None = None  # where TFDS downloads it from: probed first, so offline fails fast
 
 
 _DIGIT_NAMES = tuple(str(d) for d in range(10))
@@ -81,21 +83,24 @@ _SPECS = {
         "t10k-images-idx3-ubyte.gz, t10k-labels-idx1-ubyte.gz) from the MNIST site into a folder "
         "and pass data_dir=<folder>; or prepare it with TFDS where the network is available "
         "(tfds.builder('mnist').download_and_prepare(file_format='array_record')); offline, "
-        "Fashion-MNIST (`apt-get install dataset-fashion-mnist`) or 'digits' work"),
+        "Fashion-MNIST (`apt-get install dataset-fashion-mnist`) or 'digits' work",
+        "storage.googleapis.com"),
     "fashion_mnist": _Spec(
         "fashion_mnist",
         ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag",
          "Ankle boot"),
         (28, 28, 1), (0.2860,), (0.3530,), ("/usr/share/datasets/fashion-mnist",),
         "`apt-get install dataset-fashion-mnist` (Debian; found without flags), or put the four "
-        "IDX files from github.com/zalandoresearch/fashion-mnist in a folder and pass data_dir=<folder>"),
+        "IDX files from github.com/zalandoresearch/fashion-mnist in a folder and pass data_dir=<folder>",
+        "fashion-mnist.s3-website.eu-central-1.amazonaws.com"),
     "cifar10": _Spec(
         "cifar10",
         ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"),
         (32, 32, 3), (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616), (),
         "download cifar-10-python.tar.gz (or the binary version) from "
         "https://www.cs.toronto.edu/~kriz/cifar.html, extract it and pass data_dir=<folder holding "
-        "cifar-10-batches-py>; or prepare it with TFDS where the network is available"),
+        "cifar-10-batches-py>; or prepare it with TFDS where the network is available",
+        "www.cs.toronto.edu"),
     "digits": _Spec(
         None, _DIGIT_NAMES, (28, 28, 1), (0.1558,), (0.2768,), (),
         "it ships with scikit-learn: `pip install scikit-learn`"),
@@ -137,6 +142,8 @@ def load(name: str, split: str = "train", *, data_dir: str | os.PathLike | None 
             if kind == "files":
                 images, labels, source = _load_files(name, split, where)
             else:
+                if kind == "tfds-download":
+                    _check_reachable(spec.tfds_name, spec.download_host)
                 images, labels, source = _load_tfds(spec.tfds_name, split, where, kind == "tfds-download")
         except _Missing as missing:
             attempts.append(str(missing))
@@ -276,12 +283,37 @@ def _read_cifar_binary(path: pathlib.Path):
     return records[:, 1:].reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1), records[:, 0]
 
 
+def _check_reachable(tfds_name: str, host: str | None, timeout: float = 3.0) -> None:
+    """Fail a download in seconds when ``host`` cannot be reached, instead of
+    after TFDS's retries (minutes on an offline machine)."""
+    if host is None:
+        return
+    import socket
+
+    try:
+        socket.create_connection((host, 443), timeout=timeout).close()
+    except OSError as error:
+        raise _Missing(f"TFDS download of {tfds_name}: no network ({host} unreachable: "
+                       f"{type(error).__name__}: {error})") from None
+
+
 def _load_tfds(tfds_name: str, split: str, data_dir: str | None, download: bool):
     where = f"TFDS {tfds_name} in {data_dir or 'the default TFDS data dir'}"
     try:
         import tensorflow_datasets as tfds
     except ImportError as error:
         raise _Missing(f"{where}: tensorflow-datasets does not import ({error})") from None
+    absl_logger = logging.getLogger("absl")
+    level = absl_logger.level
+    if not download:  # TFDS warns about the missing copy we are only probing for
+        absl_logger.setLevel(logging.ERROR)
+    try:
+        return _read_tfds(tfds, tfds_name, split, data_dir, download, where)
+    finally:
+        absl_logger.setLevel(level)
+
+
+def _read_tfds(tfds, tfds_name: str, split: str, data_dir: str | None, download: bool, where: str):
     builder = tfds.builder(tfds_name, data_dir=data_dir)
     try:
         if download:

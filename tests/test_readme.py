@@ -25,3 +25,19 @@ def test_ci_runs_the_readme_test_command():
     assert command, "the README's test command is missing"
     ci = (README.parent / ".ci" / "run").read_text()
     assert 'pip install -q -e ".[test]"' in ci and "\npython -m pytest\n" in ci
+
+
+def test_readme_main_job_is_the_mnist_mlp_comparison_and_runs(tmp_path):
+    """The first command, as written, with --dry-run (a few batches) and a scratch --out."""
+    pytest.importorskip("torch")
+    import subprocess
+    import sys
+
+    first = re.search(r"```bash\n(.*?)\n```", README.read_text(), flags=re.S).group(1)
+    install, job = first.split(" && ")
+    assert install == 'pip install -e ".[torch]"'
+    assert job.startswith("python -m experiments.compare mnist_mlp") and "--dataset" in job
+    done = subprocess.run([sys.executable, *job.split()[1:], "--dry-run", "--no-progress", "--out", str(tmp_path)],
+                          capture_output=True, text=True, timeout=300, cwd=README.parent)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith("Dataset: ") and f"Report: {tmp_path / 'report.md'}" in done.stdout

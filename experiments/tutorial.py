@@ -1,0 +1,390 @@
+"""What every experiment script shares: the tutorial's settings, its flags, its
+data, and one training run under either framework on identical streams.
+
+An experiment script is a `Tutorial` (the settings the tutorial publishes) and
+``main(TUTORIAL)``. A run, whichever the framework:
+
+- loads the dataset once and normalises it once (`funcnets.data`);
+- visits epoch ``e`` in the order ``funcnets.training.epoch_order(n, fold_in(data_key, e))``,
+  the same permutation for JAX (`funcnets.fit`) and for PyTorch (a ``DataLoader``
+  whose sampler replays it), so both train on the same batches;
+- starts from ``init`` when given (a PyTorch ``state_dict``, as
+  `experiments.compare` passes both sides), else from its framework's own init
+  under ``--seed``;
+- writes the metrics file of `funcnets.fit` (the PyTorch side writes the same
+  records through `funcnets.fit.MetricsLog`), a plot of it next to it
+  (``<stem>.png``) and a summary (``<stem>.summary.json``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import pathlib
+import platform
+import shlex
+import shutil
+import statistics
+import subprocess
+import sys
+from typing import Any, Callable, NamedTuple
+
+import numpy as np
+
+import funcnets as fn
+from funcnets.fit import read_metrics, steps_per_epoch
+from funcnets.training import epoch_order
+
+FRAMEWORKS = ("jax", "torch")
+MNIST_LIKE = ("mnist", "fashion_mnist", "digits")
+DRY_RUN_BATCHES = 3
+
+
+@dataclasses.dataclass(frozen=True)
+class Tutorial:
+    """One tutorial's published setup; its flags' defaults."""
+
+    name: str                 # the experiment: `python -m experiments.<name>`
+    model: str                # `funcnets.models.get(model)`
+    source: str               # where the setup comes from
+    datasets: tuple[str, ...]  # accepted by --dataset; the first is the tutorial's own
+    optimizer: str
+    lr: float
+    batch_size: int
+    test_batch_size: int
+    epochs: int
+    reported: str | None = None       # what the tutorial reports, for the results table
+    gamma: float | None = None        # StepLR's gamma per epoch (pytorch/examples: 0.7); None: constant lr
+    optimizer_options: tuple[tuple[str, Any], ...] = ()
+
+    def default_dataset(self) -> str:
+        return "auto" if self.datasets[0] == "mnist" else self.datasets[0]
+
+
+class RunData(NamedTuple):
+    """Normalised splits, NHWC float (float32, or float64 with --float64), int32 labels."""
+
+    train_images: np.ndarray
+    train_labels: np.ndarray
+    test_images: np.ndarray
+    test_labels: np.ndarray
+    dataset: str
+    source: str
+    choice: str  # how the dataset was chosen, printed and reported
+
+
+# --- flags ----------------------------------------------------------------------------
+
+def positive(kind: Callable):
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a positive {kind.__name__}, got {text!r}") from None
+        if not (value > 0 and np.isfinite(value)):
+            raise argparse.ArgumentTypeError(f"must be positive and finite, got {text}")
+        return value
+
+    parse.__name__ = f"positive {kind.__name__}"
+    return parse
+
+
+def parser(tutorial: Tutorial, *, prog: str | None = None, description: str | None = None) -> argparse.ArgumentParser:
+    """pytorch/examples' flags, with this tutorial's settings as defaults."""
+    p = argparse.ArgumentParser(prog=prog or f"python -m experiments.{tutorial.name}",
+                                description=description or f"{tutorial.model} as in {tutorial.source}.")
+    p.add_argument("--epochs", type=positive(int), default=tutorial.epochs,
+                   help=f"number of epochs to train (default: {tutorial.epochs})")
+    p.add_argument("--lr", type=positive(float), default=tutorial.lr,
+                   help=f"learning rate (default: {tutorial.lr})")
+    p.add_argument("--batch-size", type=positive(int), default=tutorial.batch_size,
+                   help=f"input batch size for training (default: {tutorial.batch_size})")
+    p.add_argument("--test-batch-size", type=positive(int), default=tutorial.test_batch_size,
+                   help=f"input batch size for testing (default: {tutorial.test_batch_size})")
+    p.add_argument("--optimizer", choices=fn.optim.names(), default=tutorial.optimizer,
+                   help=f"optimizer, PyTorch's defaults besides --lr (default: {tutorial.optimizer})")
+    p.add_argument("--gamma", type=positive(float), default=tutorial.gamma,
+                   help="StepLR: multiply the lr by this after every epoch, as pytorch/examples "
+                        f"does with 0.7 (default: {tutorial.gamma or 'constant lr'})")
+    p.add_argument("--seed", type=int, default=1, help="random seed: init, data order, dropout (default: 1)")
+    p.add_argument("--dry-run", action="store_true",
+                   help=f"quickly check a run: {DRY_RUN_BATCHES} batches per epoch, at most 2 epochs, "
+                        "one test batch")
+    p.add_argument("--framework", choices=FRAMEWORKS, default="jax", help="who trains (default: jax)")
+    datasets = ("auto",) + tutorial.datasets if tutorial.datasets[0] == "mnist" else tutorial.datasets
+    p.add_argument("--dataset", choices=datasets, default=tutorial.default_dataset(),
+                   help="dataset; 'auto' takes MNIST where it can be had, else Fashion-MNIST "
+                        "(installing Debian's package where apt-get can), else the bundled digits, "
+                        f"and says which (default: {tutorial.default_dataset()})")
+    p.add_argument("--data-dir", default=None, help="folder holding the dataset's files or a TFDS copy")
+    p.add_argument("--checkpoint-dir", default=None,
+                   help="where checkpoints go (default: checkpoints/<experiment>-<framework>-<dataset>-seed<seed>)")
+    p.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in --checkpoint-dir")
+    p.add_argument("--metrics-out", default=None,
+                   help="metrics file, JSON lines (default: <checkpoint-dir>/metrics.jsonl)")
+    p.add_argument("--float64", action="store_true", help="train in float64 (both frameworks)")
+    p.add_argument("--log-interval", type=positive(int), default=100,
+                   help="batches between metrics records (default: 100)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    return p
+
+
+def optimizer_kwargs(tutorial: Tutorial, args) -> dict[str, Any]:
+    """``torch.optim.<name>(**kwargs)`` for these flags: --lr plus the tutorial's
+    own options when --optimizer is the tutorial's."""
+    kwargs = dict(tutorial.optimizer_options) if args.optimizer == tutorial.optimizer else {}
+    kwargs["lr"] = args.lr
+    return kwargs
+
+
+def check_args(tutorial: Tutorial, args, p: argparse.ArgumentParser) -> None:
+    """Errors argparse cannot see, before any data is loaded (and --dry-run's epoch cap)."""
+    try:
+        fn.optim.create(args.optimizer, **optimizer_kwargs(tutorial, args))
+    except (TypeError, ValueError) as error:
+        p.error(f"--optimizer {args.optimizer} --lr {args.lr}: {error}")
+    if args.resume and args.checkpoint_dir is None:
+        p.error("--resume needs --checkpoint-dir (the run to continue)")
+    if args.dry_run:
+        args.epochs = min(args.epochs, 2)
+    if args.framework == "torch":
+        try:
+            import torch  # noqa: F401
+        except ImportError:
+            p.error("--framework torch needs PyTorch: pip install -e '.[torch]'")
+
+
+def run_directory(tutorial: Tutorial, args, dataset: str) -> pathlib.Path:
+    if args.checkpoint_dir is not None:
+        return pathlib.Path(args.checkpoint_dir)
+    return fn.checkpoint.default_directory(f"{tutorial.name}-{args.framework}-{dataset}-seed{args.seed}")
+
+
+# --- data -----------------------------------------------------------------------------
+
+def _install_fashion_mnist(log: Callable[[str], None]) -> str:
+    """``apt-get install dataset-fashion-mnist`` where that can run; what happened."""
+    if shutil.which("apt-get") is None:
+        return "apt-get is not available"
+    if hasattr(os, "geteuid") and os.geteuid() != 0:
+        return "installing it needs root: sudo apt-get install dataset-fashion-mnist"
+    log("Installing Debian's Fashion-MNIST: apt-get install -y dataset-fashion-mnist")
+    command = ["apt-get", "install", "-y", "-q", "dataset-fashion-mnist"]
+    done = subprocess.run(command, capture_output=True, text=True)
+    if done.returncode != 0:
+        subprocess.run(["apt-get", "update", "-q"], capture_output=True)
+        done = subprocess.run(command, capture_output=True, text=True)
+    return "installed" if done.returncode == 0 else f"apt-get failed: {done.stderr.strip()[-200:]}"
+
+
+def _first_line(error: Exception) -> str:
+    lines = [line.strip() for line in str(error).splitlines() if line.strip().startswith("- ")]
+    return "; ".join(line[2:] for line in lines) or str(error).splitlines()[0]
+
+
+def load_splits(requested: str, data_dir: str | None, log: Callable[[str], None] = print
+                ) -> tuple[fn.data.Dataset, fn.data.Dataset, str]:
+    """``(train, test, how it was chosen)``; ``"auto"`` tries MNIST, then
+    Fashion-MNIST (installing Debian's package when it can), then the digits,
+    and the returned line says what was skipped and why."""
+    if requested != "auto":
+        train = fn.data.load(requested, "train", data_dir=data_dir)
+        return train, fn.data.load(requested, "test", data_dir=data_dir), f"--dataset {requested}"
+    skipped = []
+    for name in MNIST_LIKE:
+        try:
+            train = fn.data.load(name, "train", data_dir=data_dir)
+        except fn.data.DatasetNotFoundError as error:
+            reason = _first_line(error)
+            if name == "fashion_mnist":
+                installed = _install_fashion_mnist(log)
+                if installed == "installed":
+                    train = fn.data.load(name, "train", data_dir=data_dir)
+                else:
+                    skipped.append(f"{name}: {reason}; {installed}")
+                    continue
+            else:
+                skipped.append(f"{name}: {reason}")
+                continue
+        test = fn.data.load(name, "test", data_dir=data_dir)
+        why = "; ".join(f"skipped {s}" for s in skipped)
+        return train, test, "--dataset auto" + (f" ({why})" if why else "")
+    raise AssertionError("the digits are always available")
+
+
+def load_data(tutorial: Tutorial, args, log: Callable[[str], None] = print) -> RunData:
+    model = fn.models.get(tutorial.model)
+    train, test, choice = load_splits(args.dataset, args.data_dir, log)
+    if train.info.image_shape != model.input_shape:
+        raise SystemExit(f"error: {tutorial.model} takes {model.input_shape} images; "
+                         f"{train.info.name} has {train.info.image_shape}")
+    dtype = np.float64 if args.float64 else np.float32
+    x_train = fn.data.normalize(train.images, train.info).astype(dtype)
+    x_test = fn.data.normalize(test.images, test.info).astype(dtype)
+    y_train, y_test = train.labels, test.labels
+    if args.dry_run:
+        x_train, y_train = x_train[: DRY_RUN_BATCHES * args.batch_size], y_train[: DRY_RUN_BATCHES * args.batch_size]
+        x_test, y_test = x_test[: args.test_batch_size], y_test[: args.test_batch_size]
+    log(f"Dataset: {train.info.name} from {train.info.source} [{choice}]: "
+        f"{len(y_train)} training and {len(y_test)} test images{' (dry run)' if args.dry_run else ''}")
+    return RunData(x_train, y_train, x_test, y_test, train.info.name, train.info.source, choice)
+
+
+# --- one run --------------------------------------------------------------------------
+
+def data_key(seed: int):
+    """The key of the data order, shared by both frameworks."""
+    import jax
+
+    return jax.random.fold_in(jax.random.key(seed), 1)
+
+
+def epoch_orders(num_examples: int, seed: int, epochs: int) -> list[np.ndarray]:
+    """Each epoch's example order, as `funcnets.fit` visits it."""
+    import jax
+
+    return [np.asarray(epoch_order(num_examples, jax.random.fold_in(data_key(seed), e)))
+            for e in range(epochs)]
+
+
+def learning_rate(tutorial: Tutorial, args, steps_per_epoch: int):
+    """The lr as funcnets takes it: a float, or PyTorch's StepLR(1, gamma) counted in epochs."""
+    if args.gamma is None:
+        return args.lr
+    return fn.optim.step_lr(args.lr, 1, args.gamma, steps_per_epoch=steps_per_epoch)
+
+
+def run_jax(tutorial: Tutorial, args, data: RunData, metrics_path: pathlib.Path, *,
+            init: dict[str, np.ndarray] | None = None, checkpoint_dir: pathlib.Path | None = None,
+            log: Callable[[str], None] = print) -> list[dict]:
+    """Train with funcnets (`funcnets.fit`); the per-epoch records."""
+    import jax
+
+    if args.float64:
+        jax.config.update("jax_enable_x64", True)
+    model = fn.models.get(tutorial.model)
+    dtype = np.float64 if args.float64 else np.float32
+    steps = steps_per_epoch(len(data.train_labels), args.batch_size)
+    lr = learning_rate(tutorial, args, steps)
+    tx = fn.optim.create(args.optimizer, **{**optimizer_kwargs(tutorial, args), "lr": lr})
+    params = None if init is None else fn.interop.params_from_torch(
+        model, {k: np.asarray(v, dtype) for k, v in init.items()})
+    state = fn.create_train_state(model, tx, jax.random.key(args.seed), params=params, dtype=dtype)
+    fit_args = dict(epochs=args.epochs, batch_size=args.batch_size, rng=data_key(args.seed),
+                    test_batch_size=args.test_batch_size, log_every=args.log_interval,
+                    metrics_path=metrics_path, learning_rate=lr, progress=not args.no_progress,
+                    step_losses=True, log=log)
+    train = (data.train_images, data.train_labels)
+    test = (data.test_images, data.test_labels)
+    if checkpoint_dir is None:
+        _, history = fn.fit(state, train, test, **fit_args)
+        return history
+    config = {"experiment": tutorial.name, "dataset": data.dataset, "seed": args.seed,
+              "batch_size": args.batch_size, "optimizer": args.optimizer, "lr": args.lr, "gamma": args.gamma}
+    with fn.checkpoint.Checkpointer(checkpoint_dir, save_every_steps=500, save_every_epoch=True,
+                                    config=config) as checkpointer:
+        _, history = fn.fit(state, train, test, checkpointer=checkpointer, resume=args.resume, **fit_args)
+    return history
+
+
+def run_torch(tutorial: Tutorial, args, data: RunData, metrics_path: pathlib.Path, *,
+              init: dict[str, np.ndarray] | None = None, checkpoint_dir: pathlib.Path | None = None,
+              log: Callable[[str], None] = print) -> list[dict]:
+    """Train with the PyTorch reference (`experiments.torch_reference`); the per-epoch records."""
+    from experiments import torch_reference
+
+    return torch_reference.run(tutorial, args, data, metrics_path, init=init, checkpoint_dir=checkpoint_dir,
+                               orders=epoch_orders(len(data.train_labels), args.seed, args.epochs), log=log)
+
+
+# --- what a run leaves behind ---------------------------------------------------------
+
+def environment() -> dict[str, str]:
+    """Versions and device, for reproducing a result."""
+    import jax
+    import jaxlib
+    import optax
+
+    info = {"python": platform.python_version(), "jax": jax.__version__, "jaxlib": jaxlib.__version__,
+            "optax": optax.__version__, "funcnets": fn.__version__,
+            "jax_device": f"{jax.devices()[0].platform}: {jax.devices()[0].device_kind}",
+            "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, {platform.platform()}"}
+    try:
+        import torch
+
+        info["torch"] = torch.__version__
+        info["torch_threads"] = str(torch.get_num_threads())
+    except ImportError:
+        info["torch"] = "not installed"
+    return info
+
+
+def command_line(module: str, argv: list[str] | None) -> str:
+    """``python -m <module> <argv>``, quoted for a shell (``argv`` None: this process's own)."""
+    argv = sys.argv[1:] if argv is None else argv
+    return " ".join(shlex.quote(a) for a in ["python", "-m", module, *argv])
+
+
+def timing(history: list[dict], num_examples: int) -> dict[str, float]:
+    """Time per epoch in steady state (median of the epochs after the first;
+    the first alone when there is one), the first epoch (compile included),
+    and samples per second at the steady rate. Training steps only."""
+    seconds = [h["train_seconds"] for h in history]
+    steady = statistics.median(seconds[1:]) if len(seconds) > 1 else seconds[0]
+    return {"epoch_seconds": steady, "first_epoch_seconds": seconds[0],
+            "samples_per_second": num_examples / steady}
+
+
+def summarize(tutorial: Tutorial, args, data: RunData, framework: str, records: list[dict]) -> dict:
+    """The run's results from its metrics ``records`` (a resumed run's file holds the whole run)."""
+    history = [r for r in records if r["kind"] == "epoch"]
+    last = history[-1]
+    model = fn.models.get(tutorial.model)
+    return {"experiment": tutorial.name, "framework": framework, "model": tutorial.model,
+            "dataset": data.dataset, "dataset_source": data.source, "dataset_choice": data.choice,
+            "epochs": len(history), "train_examples": int(len(data.train_labels)),
+            "test_examples": int(len(data.test_labels)),
+            "train_loss": last["loss"], "train_accuracy": last["accuracy"],
+            "test_loss": last["test_loss"], "test_accuracy": last["test_accuracy"],
+            **timing(history, len(data.train_labels)), "parameters": model.param_count,
+            "optimizer": args.optimizer, "optimizer_kwargs": optimizer_kwargs(tutorial, args),
+            "gamma": args.gamma, "batch_size": args.batch_size, "seed": args.seed,
+            "float64": args.float64, "dry_run": args.dry_run, "tutorial_reports": tutorial.reported,
+            "command": args.command, "environment": environment()}
+
+
+def companion(metrics_path: pathlib.Path, suffix: str) -> pathlib.Path:
+    """``metrics.jsonl`` -> ``metrics.png`` / ``metrics.summary.json``."""
+    return metrics_path.with_name(metrics_path.stem + suffix)
+
+
+def main(tutorial: Tutorial, argv: list[str] | None = None) -> dict:
+    """Parse the flags, train under ``--framework``, print and write the results; the summary."""
+    from experiments import plots
+
+    p = parser(tutorial)
+    args = p.parse_args(argv)
+    args.command = command_line(f"experiments.{tutorial.name}", argv)
+    check_args(tutorial, args, p)
+    try:
+        data = load_data(tutorial, args)
+    except fn.data.DatasetNotFoundError as error:
+        raise SystemExit(f"error: {error}") from None
+    run_dir = run_directory(tutorial, args, data.dataset)
+    metrics_path = pathlib.Path(args.metrics_out) if args.metrics_out else run_dir / "metrics.jsonl"
+    print(f"{tutorial.name} with {args.framework}: {args.optimizer}(lr={args.lr}"
+          f"{f', StepLR gamma={args.gamma}' if args.gamma else ''}), batch {args.batch_size}, "
+          f"{args.epochs} epochs, seed {args.seed}{', float64' if args.float64 else ''}")
+    run = run_jax if args.framework == "jax" else run_torch
+    run(tutorial, args, data, metrics_path, checkpoint_dir=run_dir, log=print)
+    records = read_metrics(metrics_path)
+    summary = summarize(tutorial, args, data, args.framework, records)
+    companion(metrics_path, ".summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    plot = plots.plot_run(records, companion(metrics_path, ".png"),
+                          title=f"{tutorial.name} ({args.framework}, {data.dataset})")
+    print(f"Test accuracy: {100 * summary['test_accuracy']:.2f}% ({args.framework}, {data.dataset}, "
+          f"{summary['epochs']} epochs; steady epoch {summary['epoch_seconds']:.2f}s)")
+    print(f"Metrics: {metrics_path}\nPlot: {plot}")
+    return summary

@@ -1,0 +1,223 @@
+"""The experiment scripts, the side-by-side report and the optimizers experiment, in --dry-run."""
+
+import csv
+import json
+import pickle
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import funcnets as fn
+from experiments import cifar10_cnn, compare, mnist_cnn, mnist_mlp, optimizers, simple_net
+from experiments import tutorial as common
+from funcnets.fit import read_metrics
+
+pytest.importorskip("torch")
+
+SCRIPTS = {"mnist_mlp": mnist_mlp, "mnist_cnn": mnist_cnn, "simple_net": simple_net, "cifar10_cnn": cifar10_cnn}
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.fixture(scope="module")
+def cifar_dir(tmp_path_factory):
+    """CIFAR-10's python batches as published, random pixels: 40 training and 20 test images."""
+    root = tmp_path_factory.mktemp("cifar")
+    folder = root / "cifar-10-batches-py"
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    for name, n in [(f"data_batch_{k}", 8) for k in range(1, 6)] + [("test_batch", 20)]:
+        with open(folder / name, "wb") as f:
+            pickle.dump({b"data": rng.integers(0, 256, (n, 3072), dtype=np.uint8),
+                         b"labels": rng.integers(0, 10, n).tolist()}, f)
+    return root
+
+
+def _data_flags(name, cifar_dir):
+    return ["--data-dir", str(cifar_dir)] if name == "cifar10_cnn" else ["--dataset", "digits"]
+
+
+def _check_metrics(path, *, epochs, steps_per_epoch):
+    records = read_metrics(path)
+    assert [r["kind"] for r in records].count("epoch") == epochs
+    step_records = [r for r in records if r["kind"] == "step"]
+    losses = [x for r in step_records for x in r["losses"]]
+    assert len(losses) == epochs * steps_per_epoch and np.isfinite(losses).all()
+    for r in step_records:
+        assert r["loss"] == pytest.approx(np.mean(r["losses"]))
+        assert {"step", "epoch", "accuracy", "lr", "seconds"} <= set(r)
+    for r in records:
+        if r["kind"] == "epoch":
+            assert {"loss", "accuracy", "test_loss", "test_accuracy", "seconds", "train_seconds"} <= set(r)
+            assert 0 <= r["test_accuracy"] <= 1 and r["train_seconds"] <= r["seconds"]
+    assert [r["step"] for r in records] == sorted(r["step"] for r in records)
+    return records
+
+
+def _is_png(path):
+    return path.exists() and path.stat().st_size > 1000 and path.read_bytes()[:8] == PNG_MAGIC
+
+
+@pytest.mark.parametrize("framework", ["jax", "torch"])
+@pytest.mark.parametrize("name", list(SCRIPTS))
+def test_script_dry_run_writes_metrics_plot_and_summary(name, framework, tmp_path, cifar_dir, capsys):
+    tutorial = SCRIPTS[name].TUTORIAL
+    summary = common.main(tutorial, ["--dry-run", "--framework", framework, "--no-progress",
+                                     "--checkpoint-dir", str(tmp_path), *_data_flags(name, cifar_dir)])
+    out = capsys.readouterr().out
+    assert "Dataset: " in out and "Epoch 2/2 - Training loss:" in out and "Test accuracy:" in out
+    records = _check_metrics(tmp_path / "metrics.jsonl", epochs=2, steps_per_epoch=common.DRY_RUN_BATCHES)
+    assert _is_png(tmp_path / "metrics.png")
+    saved = json.loads((tmp_path / "metrics.summary.json").read_text())
+    assert saved["test_accuracy"] == summary["test_accuracy"] == records[-1]["test_accuracy"]
+    assert saved["framework"] == framework and saved["parameters"] == fn.models.get(tutorial.model).param_count
+    assert saved["optimizer"] == tutorial.optimizer and saved["batch_size"] == tutorial.batch_size
+
+
+def test_tutorial_defaults_are_the_published_settings():
+    assert (mnist_mlp.TUTORIAL.optimizer, mnist_mlp.TUTORIAL.lr, mnist_mlp.TUTORIAL.batch_size,
+            mnist_mlp.TUTORIAL.epochs) == ("sgd", 0.01, 64, 10)
+    assert (mnist_cnn.TUTORIAL.optimizer, mnist_cnn.TUTORIAL.lr) == ("adadelta", 0.5)
+    assert (cifar10_cnn.TUTORIAL.optimizer, cifar10_cnn.TUTORIAL.lr, cifar10_cnn.TUTORIAL.batch_size,
+            cifar10_cnn.TUTORIAL.epochs) == ("adam", 1e-3, 16, 10)
+    assert (simple_net.TUTORIAL.optimizer, simple_net.TUTORIAL.lr) == ("adam", 1e-3)
+    args = common.parser(mnist_cnn.TUTORIAL).parse_args(["--gamma", "0.7"])
+    schedule = common.learning_rate(mnist_cnn.TUTORIAL, args, steps_per_epoch=10)
+    assert float(schedule(9)) == pytest.approx(0.5) and float(schedule(10)) == pytest.approx(0.35)
+
+
+def test_both_frameworks_see_the_same_batches():
+    orders = common.epoch_orders(100, seed=3, epochs=2)
+    assert [sorted(o.tolist()) for o in orders] == [list(range(100))] * 2 and not np.array_equal(*orders)
+    from experiments.torch_reference import EpochOrder
+
+    sampler = EpochOrder(orders)
+    sampler.set_epoch(1)
+    assert list(sampler) == orders[1].tolist()
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--lr", "-1"], "must be positive"),
+    (["--batch-size", "0"], "must be positive"),
+    (["--lr", "inf"], "must be positive and finite"),
+    (["--epochs", "two"], "expected a positive int"),
+    (["--optimizer", "lbfgs"], "invalid choice: 'lbfgs'"),
+    (["--dataset", "cifar10"], "invalid choice: 'cifar10'"),
+    (["--resume"], "--resume needs --checkpoint-dir"),
+])
+def test_bad_flags_fail_fast_and_say_why(argv, message, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        common.main(mnist_mlp.TUTORIAL, argv)
+    assert exit_info.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_missing_dataset_says_how_to_get_it(tmp_path):
+    with pytest.raises(SystemExit, match="cifar-10-python.tar.gz"):
+        common.main(cifar10_cnn.TUTORIAL, ["--data-dir", str(tmp_path), "--dry-run"])
+
+
+def test_dataset_auto_says_what_it_skipped(monkeypatch):
+    real_load = fn.data.load
+
+    def offline(name, split, **kwargs):
+        if name != "digits":
+            raise fn.data.DatasetNotFoundError(f"dataset {name!r} was not found. Tried:\n  - nowhere: no copy\nTo get it: x")
+        return real_load(name, split, **kwargs)
+
+    monkeypatch.setattr(fn.data, "load", offline)
+    monkeypatch.setattr(common, "_install_fashion_mnist", lambda log: "apt-get is not available")
+    train, test, choice = common.load_splits("auto", None, log=lambda line: None)
+    assert train.info.name == test.info.name == "digits"
+    assert choice == ("--dataset auto (skipped mnist: nowhere: no copy; "
+                      "skipped fashion_mnist: nowhere: no copy; apt-get is not available)")
+
+
+def test_torch_resume_continues_the_same_run(tmp_path):
+    """Two epochs straight, or one epoch then --resume for the second: the same records."""
+    flags = ["--dry-run", "--framework", "torch", "--dataset", "digits", "--no-progress"]
+    common.main(mnist_cnn.TUTORIAL, [*flags, "--checkpoint-dir", str(tmp_path / "straight")])
+    common.main(mnist_cnn.TUTORIAL, [*flags, "--epochs", "1", "--checkpoint-dir", str(tmp_path / "resumed")])
+    common.main(mnist_cnn.TUTORIAL, [*flags, "--resume", "--checkpoint-dir", str(tmp_path / "resumed")])
+
+    def without_times(folder):
+        return [{k: v for k, v in r.items() if k not in ("seconds", "train_seconds")}
+                for r in read_metrics(folder / "metrics.jsonl")]
+
+    assert without_times(tmp_path / "resumed") == without_times(tmp_path / "straight")
+
+
+@pytest.fixture(scope="module")
+def mlp_report(tmp_path_factory):
+    out = tmp_path_factory.mktemp("report")
+    compare.main(["mnist_mlp", "--dataset", "digits", "--dry-run", "--no-progress", "--out", str(out)])
+    return out
+
+
+def test_compare_report_numbers_are_the_metrics_files(mlp_report):
+    with (mlp_report / "results.csv").open() as f:
+        rows = {row["framework"]: row for row in csv.DictReader(f)}
+    assert set(rows) == {"jax", "torch", "JAX/PyTorch"}
+    for framework in ("jax", "torch"):
+        records = read_metrics(mlp_report / framework / "metrics.jsonl")
+        epochs = [r for r in records if r["kind"] == "epoch"]
+        row = {k: float(v) for k, v in rows[framework].items() if k != "framework"}
+        assert row["test_accuracy"] == epochs[-1]["test_accuracy"]
+        assert row["train_loss"] == epochs[-1]["loss"] and row["test_loss"] == epochs[-1]["test_loss"]
+        assert row["epoch_seconds"] == epochs[1]["train_seconds"]  # median of the epochs after the first
+        assert row["first_epoch_seconds"] == epochs[0]["train_seconds"]
+        assert row["parameters"] == 79_510
+    ratio = float(rows["JAX/PyTorch"]["epoch_seconds"])
+    assert ratio == pytest.approx(float(rows["jax"]["epoch_seconds"]) / float(rows["torch"]["epoch_seconds"]))
+
+    table = [line for line in (mlp_report / "report.md").read_text().splitlines() if line.startswith("| jax ")]
+    cells = [c.strip() for c in table[0].strip("|").split("|")]
+    assert cells[4] == f"{100 * float(rows['jax']['test_accuracy']):.2f}%"
+    results = json.loads((mlp_report / "results.json").read_text())
+    assert results["rows"][0]["test_accuracy"] == float(rows["jax"]["test_accuracy"])
+    assert "jax" in results["environment"] and "torch" in results["environment"]
+    assert results["command"].startswith("python") and "compare mnist_mlp" in results["command"]
+
+
+def test_compare_trains_both_frameworks_on_the_same_numbers(mlp_report):
+    """Same init, same batches, no dropout: the MLP's curves agree step by step."""
+    losses = {f: np.asarray([x for r in read_metrics(mlp_report / f / "metrics.jsonl") if r["kind"] == "step"
+                             for x in r["losses"]]) for f in ("jax", "torch")}
+    assert len(losses["jax"]) == 2 * common.DRY_RUN_BATCHES
+    np.testing.assert_allclose(losses["jax"], losses["torch"], atol=1e-5)
+    for name in ("curves.png", "difference.png"):
+        assert _is_png(mlp_report / name)
+
+
+def test_compare_refuses_flags_it_sets(capsys):
+    with pytest.raises(SystemExit):
+        compare.main(["mnist_mlp", "--framework", "torch"])
+    assert "--framework is set by compare itself" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        compare.main([])
+    assert "experiment" in capsys.readouterr().err
+
+
+def test_compare_command_line_runs(tmp_path):
+    """The CLI as users type it, in a fresh process."""
+    done = subprocess.run([sys.executable, "-m", "experiments.compare", "simple_net", "--dataset", "digits",
+                           "--dry-run", "--no-progress", "--out", str(tmp_path)],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert f"Report: {tmp_path / 'report.md'}" in done.stdout and "Dataset: digits" in done.stdout
+
+
+def test_optimizers_experiment(tmp_path):
+    optimizers.main(["--dataset", "digits", "--dry-run", "--out", str(tmp_path)])
+    results = json.loads((tmp_path / "optimizers.json").read_text())
+    assert [r["optimizer"] for r in results["rows"]] == [label for label, _, _ in optimizers.OPTIMIZERS]
+    assert all(0 <= r["test_accuracy"] <= 1 for r in results["rows"])
+    assert _is_png(tmp_path / "optimizers.png") and _is_png(tmp_path / "zigzag.png")
+    final = results["zigzag_final"]
+    assert final["SGD lr 0.09, momentum 0.5"] < final["SGD lr 0.09"] / 10  # momentum gets further, same lr
+
+
+def test_zigzag_bounces_without_momentum():
+    path = optimizers.descend(fn.optim.sgd(lr=0.09), optimizers.ZIGZAG_START, 10)
+    assert (np.sign(path[1:, 1]) != np.sign(path[:-1, 1])).all()  # y flips sign every step
+    assert (np.diff(path[:, 0]) > 0).all()                       # x creeps monotonically toward 0
