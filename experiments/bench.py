@@ -70,7 +70,7 @@ def gemm_peak(n: int = 2048, repeats: int = 5) -> dict[str, float]:
     matmul = jax.jit(jnp.matmul)
     matmul(a, a).block_until_ready()
     jax_times, torch_times = [], []
-    ta = torch.from_numpy(np.asarray(a))
+    ta = torch.from_numpy(np.array(a))
     torch.mm(ta, ta)
     for _ in range(repeats):
         start = time.perf_counter()
@@ -186,13 +186,16 @@ def torch_well_contestant(name, images, labels, batch, window, *, threads, compi
     return time.perf_counter() - start, run_window, None
 
 
-def bench_model(name: str, *, repeats: int, cnn_window: int, torch_compile: bool) -> dict:
-    """Every contestant on one model, interleaved; its results row."""
+def bench_model(name: str, *, repeats: int, cnn_window: int, torch_compile: bool,
+                examples: int | None = None) -> dict:
+    """Every contestant on one model, interleaved; its results row. ``examples``
+    shrinks the dataset (for a quick check of the script itself)."""
     import jax
     import jax.numpy  # noqa: F401
     import torch
 
     batch, shape, n, optimizer, lr = CASES[name]
+    n = examples or n
     jax.numpy.zeros(1).block_until_ready()  # the runtime's own memory is not the data's
     rss_start = _rss_bytes()
     rng = np.random.default_rng(0)

@@ -221,3 +221,16 @@ def test_zigzag_bounces_without_momentum():
     path = optimizers.descend(fn.optim.sgd(lr=0.09), optimizers.ZIGZAG_START, 10)
     assert (np.sign(path[1:, 1]) != np.sign(path[:-1, 1])).all()  # y flips sign every step
     assert (np.diff(path[:, 0]) > 0).all()                       # x creeps monotonically toward 0
+
+
+def test_bench_runs_every_contestant_and_reports_ratios():
+    """The benchmark script itself, on a small dataset (its timings mean nothing here)."""
+    from experiments import bench
+
+    result = bench.bench_model("mnist_mlp", repeats=1, cnn_window=2, torch_compile=False, examples=640)
+    assert {"funcnets loop", "funcnets epoch", "torch tutorial", "torch well (1 thread)"} <= set(result["rows"])
+    assert result["flops_per_step"] >= 0.99 * 2 * (2 * 64 * 784 * 100)  # fc1 forward + weight gradient
+    assert all(row["epoch_seconds"] > 0 for row in result["rows"].values())
+    table = bench.markdown([result], {"peak": 1e10, "jax": 1e10, "torch": 1e10},
+                           {"machine": "test", "jax": "x", "torch": "y"})
+    assert table.count("| `mnist_mlp` (64) |") == len(result["rows"])
