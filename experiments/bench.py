@@ -120,12 +120,12 @@ def _torch_setup(name, images, labels):
     import torch
 
     from funcnets import torch_models
+    from funcnets.parity import OptimizerSpec
 
     _, _, _, optimizer, lr = CASES[name]
     torch.manual_seed(0)
     net = torch_models.build(name)
-    classes = {"sgd": torch.optim.SGD, "adadelta": torch.optim.Adadelta, "adam": torch.optim.Adam}
-    opt = classes[optimizer](net.parameters(), lr=lr)
+    opt, _ = OptimizerSpec(optimizer, {"lr": lr}).torch(net.parameters())
     x = torch.from_numpy(np.ascontiguousarray(images.transpose(0, 3, 1, 2)))
     y = torch.from_numpy(labels.astype(np.int64))
     return net, opt, torch_models.loss_fn(name), x, y
@@ -194,6 +194,9 @@ def bench_model(name: str, *, repeats: int, cnn_window: int, torch_compile: bool
     import jax.numpy  # noqa: F401
     import torch
 
+    import funcnets as fn
+    from funcnets.training import uses_scan
+
     batch, shape, n, optimizer, lr = CASES[name]
     n = examples or n
     jax.numpy.zeros(1).block_until_ready()  # the runtime's own memory is not the data's
@@ -211,7 +214,7 @@ def bench_model(name: str, *, repeats: int, cnn_window: int, torch_compile: bool
     first, run, flops = funcnets_contestant(name, images, labels, batch, window, scan=False)
     contestants["funcnets loop"], first_steps["funcnets loop"] = run, first
     rss_funcnets = _rss_bytes()
-    if not is_cnn or jax.default_backend() != "cpu":
+    if uses_scan(fn.models.get(name)):  # the whole-epoch path funcnets itself picks
         first, run, _ = funcnets_contestant(name, images, labels, batch, window, scan=True)
         contestants["funcnets epoch"], first_steps["funcnets epoch"] = run, first
     first, run, _ = torch_tutorial_contestant(name, images, labels, batch, window)

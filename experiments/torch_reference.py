@@ -52,7 +52,8 @@ def train(model, loss_fn, train_loader, optimizer, epoch, *, log_interval, recor
     model.train()
     start = time.perf_counter()
     chunk_start = start
-    losses, accuracies, chunk = [], [], []
+    losses, accuracies = [], []
+    chunk_first = 0  # the first batch of the steps since the last record
     last = len(train_loader) - 1
     for batch_idx, (data, target) in enumerate(train_loader):
         optimizer.zero_grad()
@@ -62,14 +63,13 @@ def train(model, loss_fn, train_loader, optimizer, epoch, *, log_interval, recor
         optimizer.step()
         losses.append(loss.item())
         accuracies.append((output.argmax(dim=1) == target).float().mean().item())
-        chunk.append(batch_idx)
-        if len(chunk) == log_interval or batch_idx == last:
+        if batch_idx + 1 - chunk_first == log_interval or batch_idx == last:
             seconds = time.perf_counter() - chunk_start
             step = epoch * len(train_loader) + batch_idx + 1
             record({"kind": "step", "step": step, "epoch": epoch,
-                    "loss": float(np.mean(losses[chunk[0]:])), "accuracy": float(np.mean(accuracies[chunk[0]:])),
-                    "lr": optimizer.param_groups[0]["lr"], "seconds": seconds, "losses": losses[chunk[0]:]})
-            chunk = []
+                    "loss": float(np.mean(losses[chunk_first:])), "accuracy": float(np.mean(accuracies[chunk_first:])),
+                    "lr": optimizer.param_groups[0]["lr"], "seconds": seconds, "losses": losses[chunk_first:]})
+            chunk_first = batch_idx + 1
             chunk_start = time.perf_counter()
     return {"loss": float(np.mean(losses)), "accuracy": float(np.mean(accuracies)),
             "train_seconds": time.perf_counter() - start, "lr": optimizer.param_groups[0]["lr"]}

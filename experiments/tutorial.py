@@ -34,6 +34,7 @@ from typing import Any, Callable, NamedTuple
 import numpy as np
 
 import funcnets as fn
+from funcnets.data import DatasetNotFoundError
 from funcnets.fit import read_metrics, steps_per_epoch
 from funcnets.training import epoch_order
 
@@ -179,7 +180,8 @@ def _install_fashion_mnist(log: Callable[[str], None]) -> str:
     return "installed" if done.returncode == 0 else f"apt-get failed: {done.stderr.strip()[-200:]}"
 
 
-def _first_line(error: Exception) -> str:
+def _reasons(error: DatasetNotFoundError) -> str:
+    """The sources a `DatasetNotFoundError` lists as tried, on one line."""
     lines = [line.strip() for line in str(error).splitlines() if line.strip().startswith("- ")]
     return "; ".join(line[2:] for line in lines) or str(error).splitlines()[0]
 
@@ -197,7 +199,7 @@ def load_splits(requested: str, data_dir: str | None, log: Callable[[str], None]
         try:
             train = fn.data.load(name, "train", data_dir=data_dir)
         except fn.data.DatasetNotFoundError as error:
-            reason = _first_line(error)
+            reason = _reasons(error)
             if name == "fashion_mnist":
                 installed = _install_fashion_mnist(log)
                 if installed == "installed":
