@@ -170,3 +170,19 @@ def test_dropout_differs_between_keys_but_not_at_eval():
     assert np.array_equal(model.apply(params, x), model.apply(params, x, rng=jax.random.key(2)))
     off = fn.models.get("mnist_cnn", dropout=(0.0, 0.0))
     assert np.array_equal(off.apply(params, x, train=True, rng=jax.random.key(2)), model.apply(params, x))
+
+
+@pytest.mark.parametrize("shape", [(2, 7, 9, 3), (1, 4, 4, 1), (3, 13, 13, 2)])
+def test_max_pool_matches_torch_forward_and_backward_with_ties(shape, x64):
+    """Small integers make many ties: PyTorch sends a window's gradient to its first
+    maximum (row-major), and so must funcnets; odd sizes floor as F.max_pool2d does."""
+    rng = np.random.default_rng(0)
+    x = rng.integers(0, 3, size=shape).astype(np.float64)
+    grad = rng.normal(size=(shape[0], shape[1] // 2, shape[2] // 2, shape[3]))
+    pooled, vjp = jax.vjp(fn.layers.max_pool2d, jnp.asarray(x))
+    (grad_x,) = vjp(jnp.asarray(grad))
+    x_torch = torch.tensor(x.transpose(0, 3, 1, 2), requires_grad=True)
+    pooled_torch = torch.nn.functional.max_pool2d(x_torch, 2)
+    pooled_torch.backward(torch.tensor(grad.transpose(0, 3, 1, 2)))
+    np.testing.assert_array_equal(np.asarray(pooled), pooled_torch.detach().numpy().transpose(0, 2, 3, 1))
+    np.testing.assert_array_equal(np.asarray(grad_x), x_torch.grad.numpy().transpose(0, 2, 3, 1))
