@@ -126,6 +126,12 @@ def parser(tutorial: Tutorial, *, prog: str | None = None, description: str | No
     p.add_argument("--metrics-out", default=None,
                    help="metrics file, JSON lines (default: <checkpoint-dir>/metrics.jsonl)")
     p.add_argument("--float64", action="store_true", help="train in float64 (both frameworks)")
+    p.add_argument("--bf16", action="store_true",
+                   help="mixed precision (JAX): bfloat16 compute, float32 params and optimizer state")
+    p.add_argument("--data-parallel", action="store_true",
+                   help="(JAX) split each batch over all devices of all processes (funcnets.parallel); "
+                        "joins a multi-process run from JAX_COORDINATOR_ADDRESS/JAX_NUM_PROCESSES/"
+                        "JAX_PROCESS_ID or SLURM's variables")
     p.add_argument("--log-interval", type=positive(int), default=100,
                    help="batches between metrics records (default: 100)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -148,6 +154,10 @@ def check_args(tutorial: Tutorial, args, p: argparse.ArgumentParser) -> None:
         p.error(f"--optimizer {args.optimizer} --lr {args.lr}: {error}")
     if args.resume and args.checkpoint_dir is None:
         p.error("--resume needs --checkpoint-dir (the run to continue)")
+    if args.framework == "torch" and (args.bf16 or args.data_parallel):
+        p.error("--bf16 and --data-parallel are for --framework jax")
+    if args.bf16 and args.float64:
+        p.error("--bf16 computes in bfloat16 with float32 params; it does not go with --float64")
     if args.dry_run:
         args.epochs = min(args.epochs, 2)
     if args.framework == "torch":
@@ -273,11 +283,17 @@ def run_jax(tutorial: Tutorial, args, data: RunData, metrics_path: pathlib.Path,
     tx = fn.optim.create(args.optimizer, **{**optimizer_kwargs(tutorial, args), "lr": lr})
     params = None if init is None else fn.interop.params_from_torch(
         model, {k: np.asarray(v, dtype) for k, v in init.items()})
-    state = fn.create_train_state(model, tx, jax.random.key(args.seed), params=params, dtype=dtype)
+    state = fn.create_train_state(model, tx, jax.random.key(args.seed), params=params, dtype=dtype,
+                                  compute_dtype=jax.numpy.bfloat16 if args.bf16 else None)
+    mesh = fn.parallel.data_mesh() if args.data_parallel else None
+    if mesh is not None:
+        log(f"Data parallel over {mesh.size} {jax.default_backend()} device(s) in {jax.process_count()} process(es)")
+    lead = jax.process_index() == 0  # one process writes the metrics and prints
     fit_args = dict(epochs=args.epochs, batch_size=args.batch_size, rng=data_key(args.seed),
                     test_batch_size=args.test_batch_size, log_every=args.log_interval,
-                    metrics_path=metrics_path, learning_rate=lr, progress=not args.no_progress,
-                    step_losses=True, log=log)
+                    metrics_path=metrics_path if lead else None, learning_rate=lr,
+                    progress=lead and not args.no_progress, step_losses=True,
+                    log=log if lead else (lambda line: None), mesh=mesh)
     train = (data.train_images, data.train_labels)
     test = (data.test_images, data.test_labels)
     if checkpoint_dir is None:
@@ -353,7 +369,8 @@ def summarize(tutorial: Tutorial, args, data: RunData, framework: str, records: 
             **timing(history, len(data.train_labels)), "parameters": model.param_count,
             "optimizer": args.optimizer, "optimizer_kwargs": optimizer_kwargs(tutorial, args),
             "gamma": args.gamma, "batch_size": args.batch_size, "seed": args.seed,
-            "float64": args.float64, "dry_run": args.dry_run, "tutorial_reports": tutorial.reported,
+            "float64": args.float64, "bf16": args.bf16, "data_parallel": args.data_parallel,
+            "dry_run": args.dry_run, "tutorial_reports": tutorial.reported,
             "command": args.command, "environment": environment()}
 
 
@@ -370,6 +387,8 @@ def main(tutorial: Tutorial, argv: list[str] | None = None) -> dict:
     args = p.parse_args(argv)
     args.command = command_line(f"experiments.{tutorial.name}", argv)
     check_args(tutorial, args, p)
+    if args.data_parallel:
+        fn.parallel.initialize()  # before anything touches a device
     try:
         data = load_data(tutorial, args)
     except fn.data.DatasetNotFoundError as error:
@@ -381,6 +400,8 @@ def main(tutorial: Tutorial, argv: list[str] | None = None) -> dict:
           f"{args.epochs} epochs, seed {args.seed}{', float64' if args.float64 else ''}")
     run = run_jax if args.framework == "jax" else run_torch
     run(tutorial, args, data, metrics_path, checkpoint_dir=run_dir, log=print)
+    if args.data_parallel and fn.parallel.process_shard()[0] != 0:
+        return {}  # process 0 reports
     records = read_metrics(metrics_path)
     summary = summarize(tutorial, args, data, args.framework, records)
     companion(metrics_path, ".summary.json").write_text(json.dumps(summary, indent=2) + "\n")

@@ -113,19 +113,27 @@ def names() -> list[str]:
 
 
 def load(name: str, split: str = "train", *, data_dir: str | os.PathLike | None = None,
-         download: bool = True) -> Dataset:
+         download: bool = True, shard: tuple[int, int] | None = None) -> Dataset:
     """The whole ``split`` of dataset ``name`` as NumPy arrays (see the module doc for sources).
 
     ``download=False`` skips the last source (a TFDS download).
+
+    ``shard=(index, count)``: only the ``index``-th of ``count`` consecutive
+    blocks of the split, rows ``[index * n // count, (index + 1) * n // count)``
+    (sizes differ by at most one; no row is dropped), e.g.
+    ``shard=funcnets.parallel.process_shard()`` for each process of a
+    multi-host run. A TFDS copy reads only those rows.
     """
     if name not in _SPECS:
         raise ValueError(f"unknown dataset {name!r}; choose one of {', '.join(names())}")
     if split not in SPLITS:
         raise ValueError(f"unknown split {split!r} for {name}; choose one of {', '.join(SPLITS)}")
+    _check_shard(shard)
     spec = _SPECS[name]
     if name == "digits":
         images, labels = _load_digits(split)
-        return _dataset(name, split, images, labels, "scikit-learn load_digits")
+        rows = shard_rows(len(labels), shard)
+        return _dataset(name, split, images[rows], labels[rows], "scikit-learn load_digits", shard)
 
     attempts: list[str] = []
     sources = []
@@ -141,14 +149,16 @@ def load(name: str, split: str = "train", *, data_dir: str | os.PathLike | None 
         try:
             if kind == "files":
                 images, labels, source = _load_files(name, split, where)
+                rows = shard_rows(len(labels), shard)
+                images, labels = images[rows], labels[rows]
             else:
                 if kind == "tfds-download":
                     _check_reachable(spec.tfds_name, spec.download_host)
-                images, labels, source = _load_tfds(spec.tfds_name, split, where, kind == "tfds-download")
+                images, labels, source = _load_tfds(spec.tfds_name, split, where, kind == "tfds-download", shard)
         except _Missing as missing:
             attempts.append(str(missing))
             continue
-        return _dataset(name, split, images, labels, source)
+        return _dataset(name, split, images, labels, source, shard)
 
     tried = "\n".join(f"  - {a}" for a in attempts)
     raise DatasetNotFoundError(f"dataset {name!r} ({split} split) was not found. Tried:\n{tried}\n"
@@ -171,8 +181,27 @@ class _Missing(Exception):
     """A source that does not have the data (not an error while others remain)."""
 
 
-def _dataset(name, split, images, labels, source) -> Dataset:
+def _check_shard(shard) -> None:
+    if shard is None:
+        return
+    if (not isinstance(shard, (tuple, list)) or len(shard) != 2
+            or not all(isinstance(v, (int, np.integer)) and not isinstance(v, bool) for v in shard)
+            or not 0 <= shard[0] < shard[1]):
+        raise ValueError(f"shard must be (index, count) with 0 <= index < count, got {shard!r}")
+
+
+def shard_rows(num_examples: int, shard: tuple[int, int] | None) -> slice:
+    """The rows of block ``index`` of ``count`` (see `load`); all rows for None."""
+    if shard is None:
+        return slice(0, num_examples)
+    index, count = shard
+    return slice(index * num_examples // count, (index + 1) * num_examples // count)
+
+
+def _dataset(name, split, images, labels, source, shard=None) -> Dataset:
     spec = _SPECS[name]
+    if shard is not None:
+        source += f", shard {shard[0]} of {shard[1]}"
     if images.shape[1:] != spec.image_shape:
         raise CorruptDatasetError(f"{source}: images have shape {images.shape[1:]}, "
                                   f"{name} has {spec.image_shape}")
@@ -297,7 +326,7 @@ def _check_reachable(tfds_name: str, host: str | None, timeout: float = 3.0) -> 
                        f"{type(error).__name__}: {error})") from None
 
 
-def _load_tfds(tfds_name: str, split: str, data_dir: str | None, download: bool):
+def _load_tfds(tfds_name: str, split: str, data_dir: str | None, download: bool, shard=None):
     where = f"TFDS {tfds_name} in {data_dir or 'the default TFDS data dir'}"
     try:
         import tensorflow_datasets as tfds
@@ -308,12 +337,13 @@ def _load_tfds(tfds_name: str, split: str, data_dir: str | None, download: bool)
     if not download:  # TFDS warns about the missing copy we are only probing for
         absl_logger.setLevel(logging.ERROR)
     try:
-        return _read_tfds(tfds, tfds_name, split, data_dir, download, where)
+        return _read_tfds(tfds, tfds_name, split, data_dir, download, where, shard)
     finally:
         absl_logger.setLevel(level)
 
 
-def _read_tfds(tfds, tfds_name: str, split: str, data_dir: str | None, download: bool, where: str):
+def _read_tfds(tfds, tfds_name: str, split: str, data_dir: str | None, download: bool, where: str,
+               shard=None):
     builder = tfds.builder(tfds_name, data_dir=data_dir)
     try:
         if download:
@@ -327,7 +357,8 @@ def _read_tfds(tfds, tfds_name: str, split: str, data_dir: str | None, download:
         if "tensorflow" in str(error).lower() and not download:
             message += " (a copy prepared as TFRecord needs TensorFlow to read; ArrayRecord copies do not)"
         raise _Missing(f"{where}: {type(error).__name__}: {message[:300]}") from None
-    examples = [source[i] for i in range(len(source))]
+    rows = shard_rows(len(source), shard)
+    examples = [source[i] for i in range(rows.start, rows.stop)]
     images = np.stack([np.asarray(e["image"], np.uint8) for e in examples])
     labels = np.asarray([e["label"] for e in examples])
     return images, labels, f"TFDS {tfds_name} ({getattr(builder, 'data_dir', data_dir)})"

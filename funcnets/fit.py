@@ -38,12 +38,15 @@ from typing import Callable
 
 import jax
 import numpy as np
+from jax.sharding import Mesh
 from tqdm.auto import tqdm
 
 from funcnets.checkpoint import Checkpointer, Progress
 from funcnets.models import _check_key
 from funcnets.optim import learning_rate_at
-from funcnets.training import TrainState, _device_split, batch_index, epoch_order, evaluate, run_steps
+from funcnets.parallel import check_batch_size
+from funcnets.training import (TrainState, _device_split, batch_index, epoch_order, evaluate, place_state,
+                               run_steps)
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -100,7 +103,8 @@ def fit(state: TrainState, train: tuple, test: tuple | None = None, *, epochs: i
         rng: jax.Array, test_batch_size: int = 1000, drop_last: bool = False, log_every: int = 100,
         metrics_path: str | os.PathLike | None = None, checkpointer: Checkpointer | None = None,
         resume: bool = False, learning_rate: float | Callable | None = None, progress: bool = True,
-        step_losses: bool = False, log: Callable[[str], None] = print) -> tuple[TrainState, list[dict]]:
+        step_losses: bool = False, log: Callable[[str], None] = print,
+        mesh: Mesh | None = None) -> tuple[TrainState, list[dict]]:
     """Train for ``epochs`` epochs on ``train = (images, labels)``, evaluating on ``test``.
 
     Args:
@@ -116,6 +120,10 @@ def fit(state: TrainState, train: tuple, test: tuple | None = None, *, epochs: i
       step_losses: add each step's loss to the step records (for step-by-step
         comparisons; costs nothing on the device).
       log: where the per-epoch lines go (``print`` by default).
+      mesh: data-parallel over this mesh's devices (`funcnets.parallel.data_mesh`):
+        the splits and state are replicated on them and each step's batch is
+        split over them; the batches and the numbers are the one-device run's.
+        ``batch_size`` must divide by the device count.
 
     Returns the final state and the per-epoch records. A NaN or infinite loss
     raises `NonFiniteLossError` naming the step; nothing after the last good
@@ -128,9 +136,16 @@ def fit(state: TrainState, train: tuple, test: tuple | None = None, *, epochs: i
     _check_key(rng, "rng")
     if resume and checkpointer is None:
         raise ValueError("resume=True needs a checkpointer")
-    train_images, train_labels = _device_split(state, *train, batch_size)
+    for argument, split in (("train", train), ("test", test)):
+        if split is not None and (not isinstance(split, (tuple, list)) or len(split) != 2):
+            hint = (" (from a funcnets.data.Dataset d: (funcnets.data.normalize(d.images, d.info), d.labels))"
+                    if hasattr(split, "info") else "")
+            raise TypeError(f"{argument} must be a pair (images, labels){hint}")
+    if mesh is not None:
+        check_batch_size(batch_size, mesh)
+    train_images, train_labels = _device_split(state, *train, batch_size, mesh=mesh)
     if test is not None:
-        test_images, test_labels = _device_split(state, *test, test_batch_size, "test_batch_size")
+        test_images, test_labels = _device_split(state, *test, test_batch_size, "test_batch_size", mesh=mesh)
     n = int(train_images.shape[0])
     epoch_steps = steps_per_epoch(n, batch_size, drop_last)
     if epoch_steps == 0:
@@ -144,6 +159,7 @@ def fit(state: TrainState, train: tuple, test: tuple | None = None, *, epochs: i
             if start.position >= epoch_steps:
                 start = Progress(start.epoch + 1, 0)
             log(f"Resumed from step {int(state.step)} (epoch {start.epoch + 1}, batch {start.position})")
+    state = place_state(state, mesh)
     record = MetricsLog(metrics_path, resume_step=int(state.step) if resume else None).write
 
     history = []
@@ -160,7 +176,7 @@ def fit(state: TrainState, train: tuple, test: tuple | None = None, *, epochs: i
                    unit="step", disable=not progress, leave=False)
         for first, rows in _chunks(parts, position, log_every):
             chunk_start = time.perf_counter()
-            state, metrics = run_steps(state, train_images, train_labels, rows)
+            state, metrics = run_steps(state, train_images, train_labels, rows, mesh=mesh)
             losses, accuracies = (np.asarray(m, np.float64) for m in jax.device_get(
                 (metrics["loss"], metrics["accuracy"])))
             bad = np.flatnonzero(~np.isfinite(losses))
@@ -193,7 +209,7 @@ def fit(state: TrainState, train: tuple, test: tuple | None = None, *, epochs: i
         entry = {"kind": "epoch", "step": int(state.step), "epoch": epoch,
                  "loss": loss_sum / epoch_steps, "accuracy": accuracy_sum / epoch_steps}
         if test is not None:
-            scores = evaluate(state, test_images, test_labels, batch_size=test_batch_size)
+            scores = evaluate(state, test_images, test_labels, batch_size=test_batch_size, mesh=mesh)
             entry.update(test_loss=scores["loss"], test_accuracy=scores["accuracy"])
         entry.update(lr=_logged_lr(learning_rate, int(state.step) - 1), seconds=time.perf_counter() - epoch_start,
                      train_seconds=train_seconds)

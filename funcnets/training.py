@@ -26,8 +26,9 @@ import numpy as np
 import optax
 from flax import struct
 from flax.training import train_state
+from jax.sharding import Mesh
 
-from funcnets import layers, losses
+from funcnets import layers, losses, parallel
 from funcnets.models import Model, Params, _check_key
 
 Batch = tuple[Any, Any]
@@ -42,17 +43,28 @@ class TrainState(train_state.TrainState):
       ``fold_in(rng, t)``, so the key never changes and a run restarted from a
       saved state draws the same masks as one that never stopped.
     model: the `funcnets.models.Model` (static).
+    compute_dtype: None (compute in the params' dtype), or the dtype of
+      mixed-precision compute, e.g. ``jnp.bfloat16`` (static; see `create_train_state`).
     """
 
     rng: jax.Array
     model: Model = struct.field(pytree_node=False)
+    compute_dtype: Any = struct.field(pytree_node=False, default=None)
 
 
 def create_train_state(model: Model, tx: optax.GradientTransformation, key: jax.Array, *,
-                       params: Params | None = None, dtype=jnp.float32) -> TrainState:
+                       params: Params | None = None, dtype=jnp.float32,
+                       compute_dtype=None) -> TrainState:
     """A fresh state: ``params`` from ``model.init`` (PyTorch's init, in
     ``dtype``) unless given (e.g. ported with `funcnets.interop.params_from_torch`),
     the optimizer state from ``tx.init(params)``, and a dropout key, all from ``key``.
+
+    ``compute_dtype``: mixed precision. ``jnp.bfloat16`` runs the forward and
+    backward passes in bfloat16 (params and images cast on the way in, the
+    outputs cast back to the params' dtype before the loss) while the params,
+    their gradients and the optimizer state stay in ``dtype``, as
+    ``torch.autocast(dtype=torch.bfloat16)`` with float32 master weights does.
+    None (default): compute in ``dtype``.
     """
     if not isinstance(model, Model):
         raise TypeError(f"model must be a funcnets Model (funcnets.models.get(name)), got {model!r}")
@@ -62,13 +74,18 @@ def create_train_state(model: Model, tx: optax.GradientTransformation, key: jax.
     _check_key(key, "key")
     if not jnp.issubdtype(key.dtype, jax.dtypes.prng_key):
         key = jax.random.wrap_key_data(key)
+    if compute_dtype is not None:
+        compute_dtype = jnp.dtype(compute_dtype)
+        if not jnp.issubdtype(compute_dtype, jnp.floating):
+            raise TypeError(f"compute_dtype must be a floating dtype such as jnp.bfloat16, got {compute_dtype}")
     init_key, dropout_key = jax.random.split(key)
     if params is None:
         params = model.init(init_key, dtype)
     else:
         _check_params(model, params)
     return TrainState(step=jnp.zeros((), jnp.int32), apply_fn=model.apply, params=params, tx=tx,
-                      opt_state=tx.init(params), rng=dropout_key, model=model)
+                      opt_state=tx.init(params), rng=dropout_key, model=model,
+                      compute_dtype=compute_dtype)
 
 
 def _check_params(model: Model, params) -> None:
@@ -166,6 +183,17 @@ class _jit_per_model:  # noqa: N801 (used as a decorator, like jax.jit)
         return sum(f._cache_size() for f in self._by_options.values())
 
 
+def forward(state: TrainState, params: Params, images, *, train: bool = False, rng=None) -> jax.Array:
+    """``state.model.apply`` in ``state.compute_dtype`` (when set), the outputs
+    returned in the params' dtype so that the loss is computed in it."""
+    if state.compute_dtype is None:
+        return state.model.apply(params, images, train=train, rng=rng)
+    output_dtype = jax.tree.leaves(params)[0].dtype
+    low = jax.tree.map(lambda p: p.astype(state.compute_dtype), params)
+    outputs = state.model.apply(low, images.astype(state.compute_dtype), train=train, rng=rng)
+    return outputs.astype(output_dtype)
+
+
 def apply_step(state: TrainState, images, labels, loss_fn: losses.LossFn | None = None
                ) -> tuple[TrainState, Metrics]:
     """One training step, unjitted: the body shared by `train_step`, `train_epoch` and `fit`."""
@@ -173,7 +201,7 @@ def apply_step(state: TrainState, images, labels, loss_fn: losses.LossFn | None 
     dropout_key = jax.random.fold_in(state.rng, state.step)
 
     def loss_of(params):
-        outputs = state.model.apply(params, images, train=True, rng=dropout_key)
+        outputs = forward(state, params, images, train=True, rng=dropout_key)
         return objective(outputs, labels), outputs
 
     (loss, outputs), grads = jax.value_and_grad(loss_of, has_aux=True)(state.params)
@@ -212,7 +240,7 @@ def make_eval_step(loss_fn: losses.LossFn | None = None) -> Callable[[TrainState
     @_jit_per_model
     def step(state: TrainState, images, labels):
         objective = _objective(state, loss_fn)
-        outputs = state.model.apply(state.params, images, train=False)
+        outputs = forward(state, state.params, images)
         class_labels = labels.ndim == 1 and jnp.issubdtype(labels.dtype, jnp.integer)
         return _metrics(objective(outputs, labels), outputs, labels, class_labels)
 
@@ -280,16 +308,20 @@ def _indexed_step(state, images, labels, rows, loss_fn=None):
 
 
 def run_steps(state: TrainState, images: jax.Array, labels: jax.Array, index: jax.Array, *,
-              loss_fn: losses.LossFn | None = None, scan: bool | None = None) -> tuple[TrainState, Metrics]:
+              loss_fn: losses.LossFn | None = None, scan: bool | None = None,
+              mesh: Mesh | None = None) -> tuple[TrainState, Metrics]:
     """``index.shape[0]`` training steps, step ``k`` on the examples ``index[k]``
     of the device-resident ``images``/``labels``; metrics stacked per step.
 
     The input state is donated (its buffers are reused): use the returned one.
     ``scan`` (default `uses_scan`) picks one ``lax.scan`` program or a jitted
-    step per row.
+    step per row. With a ``mesh`` (state and split replicated on it, see
+    `funcnets.parallel`) each step's rows are split over its ``"data"`` axis.
     """
     if scan is None:
         scan = uses_scan(state.model)
+    if mesh is not None:
+        index = parallel.shard_rows(index, mesh)
     if scan:
         return _scan_steps(state, images, labels, index, loss_fn=loss_fn)
     history = []
@@ -299,51 +331,75 @@ def run_steps(state: TrainState, images: jax.Array, labels: jax.Array, index: ja
     return state, jax.tree.map(lambda *m: jnp.stack(m), *history)
 
 
-def _device_split(state: TrainState, images, labels, batch_size: int, argument: str = "batch_size"):
+def _device_split(state: TrainState, images, labels, batch_size: int, argument: str = "batch_size",
+                  mesh: Mesh | None = None):
+    """The split checked and put on the device once (on every device of ``mesh``)."""
     if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
         raise ValueError(f"{argument} must be a positive integer, got {batch_size!r}")
     images, labels = _check_batch(state, (images, labels), class_labels=True)
     if images.shape[0] == 0:
         raise ValueError("images is empty")
+    if mesh is not None:
+        return parallel.replicate((images, labels), mesh)
     return jnp.asarray(images), jnp.asarray(labels)
 
 
+def place_state(state: TrainState, mesh: Mesh | None) -> TrainState:
+    """``state`` replicated on ``mesh`` (unchanged without one)."""
+    return state if mesh is None else parallel.replicate(state, mesh)
+
+
 def train_epoch(state: TrainState, images, labels, *, batch_size: int, rng: jax.Array | None = None,
-                drop_last: bool = False, scan: bool | None = None) -> tuple[TrainState, Metrics]:
+                drop_last: bool = False, scan: bool | None = None,
+                mesh: Mesh | None = None) -> tuple[TrainState, Metrics]:
     """One epoch over ``images``/``labels`` (the whole split; put on the device once).
 
     Batches follow ``epoch_order(n, rng)`` as ``DataLoader(batch_size, shuffle,
     drop_last)`` would cut them: ``ceil(n / batch_size)`` steps, the last one
     smaller, unless ``drop_last``. Returns the new state and per-step
     ``{"loss", "accuracy"}`` arrays. The input state is donated.
+
+    ``mesh`` (`funcnets.parallel.data_mesh`): data-parallel over its devices,
+    the same batches as on one device; ``batch_size`` must divide by the
+    device count.
     """
-    images, labels = _device_split(state, images, labels, batch_size)
+    if mesh is not None:
+        parallel.check_batch_size(batch_size, mesh)
+    images, labels = _device_split(state, images, labels, batch_size, mesh=mesh)
     if rng is not None:
         _check_key(rng, "rng")
+    state = place_state(state, mesh)
     history = []
     for index in batch_index(epoch_order(images.shape[0], rng), batch_size, drop_last):
-        state, metrics = run_steps(state, images, labels, index, scan=scan)
+        state, metrics = run_steps(state, images, labels, index, scan=scan, mesh=mesh)
         history.append(metrics)
     return state, jax.tree.map(lambda *m: jnp.concatenate(m), *history)
 
 
 @functools.partial(_jit_per_model, static_argnames=("loss_fn",))
 def _eval_sums(state, images, labels, loss_fn=None):
-    outputs = state.model.apply(state.params, images, train=False)
+    outputs = forward(state, state.params, images)
     count = labels.shape[0]
     loss = _objective(state, loss_fn)(outputs, labels)
     return loss * count, jnp.sum(jnp.argmax(outputs, axis=-1) == labels)
 
 
-def evaluate(state: TrainState, images, labels, *, batch_size: int = 1000) -> dict[str, float]:
+def evaluate(state: TrainState, images, labels, *, batch_size: int = 1000,
+             mesh: Mesh | None = None) -> dict[str, float]:
     """Loss and accuracy over a whole split, dropout off, in batches of ``batch_size``.
 
     Each batch's mean loss is weighted by its size, so the ragged last batch
     counts exactly as its examples; sums accumulate in float64 on the host.
+    With a ``mesh``, batches that divide by its device count are split over it.
     """
-    images, labels = _device_split(state, images, labels, batch_size)
+    images, labels = _device_split(state, images, labels, batch_size, mesh=mesh)
+    state = place_state(state, mesh)
     n = images.shape[0]
-    sums = [_eval_sums(state, images[i:i + batch_size], labels[i:i + batch_size])
-            for i in range(0, n, batch_size)]
+    sums = []
+    for i in range(0, n, batch_size):
+        batch = images[i:i + batch_size], labels[i:i + batch_size]
+        if mesh is not None and batch[1].shape[0] % mesh.shape[parallel.DATA_AXIS] == 0:
+            batch = jax.device_put(batch, (parallel.batch_sharded(mesh, batch[0].ndim), parallel.batch_sharded(mesh)))
+        sums.append(_eval_sums(state, *batch))
     loss_sum, correct = (np.asarray(jax.device_get(part), np.float64).sum() for part in zip(*sums))
     return {"loss": float(loss_sum / n), "accuracy": float(correct / n)}

@@ -1,10 +1,19 @@
 """Shared test setup: strict rank promotion (silent broadcasting fails loudly),
-PyTorch pinned to one thread (its float32 results depend on the thread count)."""
+full float32 matmul precision, PyTorch pinned to one thread (its float32 results
+depend on the thread count).
+
+On recent NVIDIA GPUs both frameworks would otherwise use TF32 (10-bit
+mantissa) for some float32 products: JAX for every matmul and convolution by
+default, PyTorch for convolutions (``cudnn.allow_tf32``). The parity tests
+compare full float32, so both are switched off; on CPU these settings change
+nothing.
+"""
 
 import jax
 import pytest
 
 jax.config.update("jax_numpy_rank_promotion", "raise")
+jax.config.update("jax_default_matmul_precision", "highest")
 
 try:
     import torch
@@ -12,6 +21,8 @@ except ImportError:  # the golden-curve tests run without torch
     torch = None
 else:
     torch.set_num_threads(1)
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cudnn.allow_tf32 = False
 
 
 @pytest.fixture

@@ -75,6 +75,15 @@ def test_script_dry_run_writes_metrics_plot_and_summary(name, framework, tmp_pat
     assert saved["optimizer"] == tutorial.optimizer and saved["batch_size"] == tutorial.batch_size
 
 
+def test_script_trains_data_parallel_in_bfloat16(tmp_path, capsys):
+    summary = common.main(mnist_mlp.TUTORIAL, ["--dry-run", "--no-progress", "--dataset", "digits", "--bf16",
+                                               "--data-parallel", "--checkpoint-dir", str(tmp_path)])
+    out = capsys.readouterr().out
+    assert "Data parallel over 1 cpu device(s) in 1 process(es)" in out
+    assert summary["bf16"] and summary["data_parallel"] and np.isfinite(summary["train_loss"])
+    _check_metrics(tmp_path / "metrics.jsonl", epochs=2, steps_per_epoch=common.DRY_RUN_BATCHES)
+
+
 def test_tutorial_defaults_are_the_published_settings():
     assert (mnist_mlp.TUTORIAL.optimizer, mnist_mlp.TUTORIAL.lr, mnist_mlp.TUTORIAL.batch_size,
             mnist_mlp.TUTORIAL.epochs) == ("sgd", 0.01, 64, 10)
@@ -105,6 +114,8 @@ def test_both_frameworks_see_the_same_batches():
     (["--optimizer", "lbfgs"], "invalid choice: 'lbfgs'"),
     (["--dataset", "cifar10"], "invalid choice: 'cifar10'"),
     (["--resume"], "--resume needs --checkpoint-dir"),
+    (["--framework", "torch", "--bf16"], "are for --framework jax"),
+    (["--bf16", "--float64"], "does not go with --float64"),
 ])
 def test_bad_flags_fail_fast_and_say_why(argv, message, capsys):
     with pytest.raises(SystemExit) as exit_info:

@@ -81,6 +81,9 @@ def test_epoch_functions_reject_bad_arguments(digits):
         fn.fit(_state(), (x, y), epochs=0, batch_size=4, rng=jax.random.key(0))
     with pytest.raises(ValueError, match="resume=True needs a checkpointer"):
         fn.fit(_state(), (x, y), epochs=1, batch_size=4, rng=jax.random.key(0), resume=True)
+    dataset = fn.data.load("digits", "test")
+    with pytest.raises(TypeError, match=r"train must be a pair \(images, labels\) \(from a funcnets.data.Dataset"):
+        fn.fit(_state(), dataset, epochs=1, batch_size=4, rng=jax.random.key(0))
 
 
 def test_fit_learns_logs_and_writes_metrics(digits, tmp_path):

@@ -1,0 +1,140 @@
+"""Data parallel over 1, 2 and 8 devices; run by tests/test_parallel.py in a subprocess
+started with ``XLA_FLAGS=--xla_force_host_platform_device_count=8`` (the flag must
+be set before JAX starts, and must not leak into the other tests).
+
+Tolerances. Sharding the batch changes only the order in which the per-example
+gradients are summed (per device, then an all-reduce), never which numbers are
+summed. Each parameter of a float32 run may then differ by a few ulps of the
+gradient sums per step: after 3 SGD steps at lr 0.01 the largest gap is
+7.5e-9 (one float32 ulp of the parameters), against a tolerance of 1e-7.
+Adam divides by sqrt(v), which magnifies such differences where gradients are
+tiny, so the float32 checks use SGD. In float64 the reduction noise is ~1e-16
+relative and Adam agrees to 1e-12 (measured: 2e-15 to 2e-14); bit-for-bit
+equality would need the same summation tree on every device count, which no
+all-reduce promises.
+"""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import funcnets as fn
+
+pytestmark = pytest.mark.skipif(jax.device_count() < 8, reason="needs 8 devices (run via tests/test_parallel.py)")
+
+DEVICE_COUNTS = (1, 2, 8)
+STEPS = 3
+BATCH = {"mnist_mlp": 32, "mnist_cnn": 16}   # both divide by 8; the CNN's smaller to keep float64 convs quick
+
+
+def _data(model, n, dtype, seed=0):
+    rng = np.random.default_rng(seed)
+    images = rng.normal(size=(n, *model.input_shape)).astype(dtype)
+    labels = rng.integers(0, model.num_classes, n).astype(np.int32)
+    return images, labels
+
+
+def _max_gap(a, b) -> float:
+    return max(jax.tree.leaves(jax.tree.map(lambda x, y: float(np.max(np.abs(np.asarray(x) - np.asarray(y)))),
+                                            a, b)))
+
+
+def _fresh(model, tx, dtype):
+    return fn.create_train_state(model, tx, jax.random.key(0), dtype=dtype)
+
+
+CASES = [  # (model, optimizer, dtype, tolerance)
+    ("mnist_mlp", "sgd", np.float32, 1e-7),
+    ("mnist_cnn", "sgd", np.float32, 1e-7),   # with dropout: the masks must not depend on the sharding
+    ("mnist_mlp", "adam", np.float64, 1e-12),
+    ("mnist_cnn", "adam", np.float64, 1e-12),
+]
+EPOCH_CASES = CASES[:3]  # the float64 CNN epoch adds a minute of float64 convolutions and no new path
+EPOCH_DEVICE_COUNTS = {"mnist_mlp": (1, 2, 8), "mnist_cnn": (1, 8)}  # CNN compiles are the slow part
+
+
+@pytest.mark.parametrize("name,optimizer,dtype,tolerance", CASES)
+def test_train_step_on_sharded_batches_matches_one_device(name, optimizer, dtype, tolerance):
+    model = fn.models.get(name)
+    tx = fn.optim.create(optimizer, lr=0.01 if optimizer == "sgd" else 1e-3)
+    batch_size = BATCH[name]
+    images, labels = _data(model, STEPS * batch_size, dtype)
+    with jax.enable_x64(dtype == np.float64):
+        params = {}
+        for count in DEVICE_COUNTS:
+            mesh = fn.parallel.data_mesh(jax.devices()[:count])
+            state = fn.parallel.replicate(_fresh(model, tx, dtype), mesh)
+            for k in range(STEPS):
+                rows = slice(k * batch_size, (k + 1) * batch_size)
+                batch = fn.parallel.shard_batch((images[rows], labels[rows]), mesh)
+                assert batch[0].sharding.spec[0] == fn.parallel.DATA_AXIS
+                state, metrics = fn.train_step(state, batch)
+            assert len(state.params["fc1"]["kernel"].sharding.device_set) == count
+            assert state.params["fc1"]["kernel"].dtype == dtype
+            params[count] = jax.device_get(state.params)
+    for count in DEVICE_COUNTS[1:]:
+        assert _max_gap(params[1], params[count]) <= tolerance, count
+
+
+@pytest.mark.parametrize("name,optimizer,dtype,tolerance", EPOCH_CASES)
+def test_train_epoch_and_evaluate_on_a_mesh_match_one_device(name, optimizer, dtype, tolerance):
+    model = fn.models.get(name)
+    tx = fn.optim.create(optimizer, lr=0.01 if optimizer == "sgd" else 1e-3)
+    batch_size = BATCH[name]
+    images, labels = _data(model, STEPS * batch_size + 5, dtype)   # the ragged last batch of 5 runs replicated
+    with jax.enable_x64(dtype == np.float64):
+        runs = {}
+        counts = EPOCH_DEVICE_COUNTS[name]
+        for count in counts:
+            mesh = fn.parallel.data_mesh(jax.devices()[:count])
+            state, metrics = fn.train_epoch(_fresh(model, tx, dtype), images, labels, batch_size=batch_size,
+                                            rng=jax.random.key(1), mesh=mesh)
+            scores = fn.evaluate(state, images, labels, batch_size=16, mesh=mesh)
+            runs[count] = jax.device_get(state.params), np.asarray(metrics["loss"]), scores
+        for count in counts[1:]:
+            assert _max_gap(runs[1][0], runs[count][0]) <= tolerance, count
+            np.testing.assert_allclose(runs[count][1], runs[1][1], rtol=0, atol=100 * tolerance)
+            assert runs[count][2]["accuracy"] == runs[1][2]["accuracy"]
+            assert runs[count][2]["loss"] == pytest.approx(runs[1][2]["loss"], abs=100 * tolerance)
+        assert len(runs[1][1]) == STEPS + 1
+
+
+def test_fit_on_a_mesh_matches_one_device(tmp_path):
+    model = fn.models.get("mnist_mlp")
+    batch_size = BATCH["mnist_mlp"]
+    train = _data(model, 4 * batch_size, np.float32)
+    test = _data(model, 48, np.float32, seed=1)
+    histories = {}
+    for count in (1, 8):
+        mesh = fn.parallel.data_mesh(jax.devices()[:count])
+        state = _fresh(model, fn.optim.sgd(lr=0.01), np.float32)
+        state, histories[count] = fn.fit(state, train, test, epochs=2, batch_size=batch_size, rng=jax.random.key(2),
+                                         log_every=3, progress=False, log=lambda line: None, mesh=mesh,
+                                         metrics_path=tmp_path / f"{count}.jsonl")
+    for one, eight in zip(histories[1], histories[8]):
+        assert eight["loss"] == pytest.approx(one["loss"], abs=1e-6)
+        assert eight["test_accuracy"] == one["test_accuracy"]
+
+
+def test_a_batch_that_does_not_divide_by_the_devices_is_refused():
+    model = fn.models.get("mnist_mlp")
+    mesh = fn.parallel.data_mesh()
+    images, labels = _data(model, 60, np.float32)
+    state = _fresh(model, fn.optim.sgd(lr=0.01), np.float32)
+    with pytest.raises(ValueError, match="batch_size 12 does not divide by the 8 devices"):
+        fn.train_epoch(state, images, labels, batch_size=12, mesh=mesh)
+    with pytest.raises(ValueError, match="batch_size 12 does not divide by the 8 devices"):
+        fn.fit(state, (images, labels), epochs=1, batch_size=12, rng=jax.random.key(0), mesh=mesh)
+    with pytest.raises(ValueError, match="12 rows in this process.*8 of the mesh's 8 devices"):
+        fn.parallel.shard_batch((images[:12], labels[:12]), mesh)
+    with pytest.raises(ValueError, match="same number of rows"):
+        fn.parallel.shard_batch((images[:16], labels[:8]), mesh)
+
+
+def test_the_mesh_covers_every_device_and_checks_its_axis():
+    mesh = fn.parallel.data_mesh()
+    assert mesh.shape == {fn.parallel.DATA_AXIS: 8}
+    other = jax.make_mesh((8,), ("batch",))
+    with pytest.raises(TypeError, match="'data' axis"):
+        fn.parallel.replicate(jnp.zeros(3), other)

@@ -1,0 +1,65 @@
+"""One process of the 2-process data-parallel run of tests/test_parallel.py.
+
+Started twice, with ``JAX_COORDINATOR_ADDRESS``, ``JAX_NUM_PROCESSES=2`` and
+``JAX_PROCESS_ID`` set. Each process loads only its shard of the digits, trains
+`STEPS` steps of SGD on global batches of `GLOBAL_BATCH` (its own `LOCAL_BATCH`
+rows each), then runs `fit` over a mesh spanning both processes, and writes the
+resulting params to ``<out>/process<id>.npz``.
+"""
+
+import sys
+
+import jax
+import numpy as np
+
+import funcnets as fn
+
+STEPS = 5
+GLOBAL_BATCH = 32
+LOCAL_BATCH = GLOBAL_BATCH // 2
+FIT_EXAMPLES = 256
+
+
+def state_for_run():
+    return fn.create_train_state(fn.models.get("mnist_mlp"), fn.optim.sgd(lr=0.01), jax.random.key(0))
+
+
+def local_batches(split):
+    images = fn.data.normalize(split.images, split.info)
+    for k in range(STEPS):
+        rows = slice(k * LOCAL_BATCH, (k + 1) * LOCAL_BATCH)
+        yield images[rows], split.labels[rows]
+
+
+def fit_split():
+    whole = fn.data.load("digits", "train")
+    return fn.data.normalize(whole.images, whole.info)[:FIT_EXAMPLES], whole.labels[:FIT_EXAMPLES]
+
+
+def fit_run(state, mesh=None):
+    state, history = fn.fit(state, fit_split(), epochs=1, batch_size=GLOBAL_BATCH, rng=jax.random.key(3),
+                            progress=False, log=lambda line: None, mesh=mesh)
+    return state, history
+
+
+def _host(tree):
+    return {name: {k: np.asarray(v.addressable_data(0)) for k, v in layer.items()} for name, layer in tree.items()}
+
+
+def main(out: str) -> None:
+    info = fn.parallel.initialize()
+    assert info.num_processes == 2 and len(info.devices) == 2, info
+    mesh = fn.parallel.data_mesh()
+    state = fn.parallel.replicate(state_for_run(), mesh)
+    shard = fn.data.load("digits", "train", shard=fn.parallel.process_shard())
+    for batch in local_batches(shard):
+        state, metrics = fn.train_step(state, fn.parallel.shard_batch(batch, mesh))
+    fitted, history = fit_run(state_for_run(), mesh)
+    arrays = {f"step/{name}/{k}": v for name, layer in _host(state.params).items() for k, v in layer.items()}
+    arrays.update({f"fit/{name}/{k}": v for name, layer in _host(fitted.params).items() for k, v in layer.items()})
+    np.savez(f"{out}/process{info.process_id}.npz", rows=len(shard.labels), fit_loss=history[-1]["loss"], **arrays)
+    jax.distributed.shutdown()
+
+
+if __name__ == "__main__":
+    main(sys.argv[1])
