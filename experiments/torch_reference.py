@@ -21,7 +21,6 @@ from typing import Callable
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch.utils.data import DataLoader, Sampler, TensorDataset
 
 from funcnets import torch_models

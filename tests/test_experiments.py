@@ -3,8 +3,6 @@
 import csv
 import json
 import pickle
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -207,15 +205,6 @@ def test_compare_refuses_flags_it_sets(capsys):
     with pytest.raises(SystemExit):
         compare.main([])
     assert "experiment" in capsys.readouterr().err
-
-
-def test_compare_command_line_runs(tmp_path):
-    """The CLI as users type it, in a fresh process."""
-    done = subprocess.run([sys.executable, "-m", "experiments.compare", "simple_net", "--dataset", "digits",
-                           "--dry-run", "--no-progress", "--out", str(tmp_path)],
-                          capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr
-    assert f"Report: {tmp_path / 'report.md'}" in done.stdout and "Dataset: digits" in done.stdout
 
 
 def test_optimizers_experiment(tmp_path):
