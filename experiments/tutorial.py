@@ -268,6 +268,13 @@ def learning_rate(tutorial: Tutorial, args, steps_per_epoch: int):
     return fn.optim.step_lr(args.lr, 1, args.gamma, steps_per_epoch=steps_per_epoch)
 
 
+def is_lead_process() -> bool:
+    """Process 0 of a multi-process run (always true in a single process)."""
+    import jax
+
+    return jax.process_index() == 0
+
+
 def run_jax(tutorial: Tutorial, args, data: RunData, metrics_path: pathlib.Path, *,
             init: dict[str, np.ndarray] | None = None, checkpoint_dir: pathlib.Path | None = None,
             log: Callable[[str], None] = print) -> list[dict]:
@@ -288,7 +295,7 @@ def run_jax(tutorial: Tutorial, args, data: RunData, metrics_path: pathlib.Path,
     mesh = fn.parallel.data_mesh() if args.data_parallel else None
     if mesh is not None:
         log(f"Data parallel over {mesh.size} {jax.default_backend()} device(s) in {jax.process_count()} process(es)")
-    lead = jax.process_index() == 0  # one process writes the metrics and prints
+    lead = is_lead_process()  # one process writes the metrics and prints
     fit_args = dict(epochs=args.epochs, batch_size=args.batch_size, rng=data_key(args.seed),
                     test_batch_size=args.test_batch_size, log_every=args.log_interval,
                     metrics_path=metrics_path if lead else None, learning_rate=lr,
@@ -400,7 +407,7 @@ def main(tutorial: Tutorial, argv: list[str] | None = None) -> dict:
           f"{args.epochs} epochs, seed {args.seed}{', float64' if args.float64 else ''}")
     run = run_jax if args.framework == "jax" else run_torch
     run(tutorial, args, data, metrics_path, checkpoint_dir=run_dir, log=print)
-    if args.data_parallel and fn.parallel.process_shard()[0] != 0:
+    if not is_lead_process():
         return {}  # process 0 reports
     records = read_metrics(metrics_path)
     summary = summarize(tutorial, args, data, args.framework, records)

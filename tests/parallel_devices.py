@@ -35,9 +35,12 @@ def _data(model, n, dtype, seed=0):
     return images, labels
 
 
-def _max_gap(a, b) -> float:
-    return max(jax.tree.leaves(jax.tree.map(lambda x, y: float(np.max(np.abs(np.asarray(x) - np.asarray(y)))),
-                                            a, b)))
+def _max_gap(a, b, label: str = "") -> float:
+    """The largest elementwise difference of two param trees (printed: ``pytest -s`` shows it)."""
+    gap = max(jax.tree.leaves(jax.tree.map(lambda x, y: float(np.max(np.abs(np.asarray(x) - np.asarray(y)))),
+                                           a, b)))
+    print(f"{label}: largest gap {gap:.1e}")
+    return gap
 
 
 def _fresh(model, tx, dtype):
@@ -79,7 +82,8 @@ def test_train_step_on_sharded_batches_matches_one_device(name, optimizer, dtype
             assert state.params["fc1"]["kernel"].dtype == dtype
             params[count] = jax.device_get(state.params)
     for count in counts[1:]:
-        assert _max_gap(params[1], params[count]) <= tolerance, count
+        assert _max_gap(params[1], params[count], f"train_step {name} {optimizer} {np.dtype(dtype)} "
+                        f"1 vs {count} devices") <= tolerance, count
 
 
 @pytest.mark.parametrize("name,optimizer,dtype,tolerance,counts", EPOCH_CASES)
@@ -97,7 +101,8 @@ def test_train_epoch_and_evaluate_on_a_mesh_match_one_device(name, optimizer, dt
             scores = fn.evaluate(state, images, labels, batch_size=16, mesh=mesh)
             runs[count] = jax.device_get(state.params), np.asarray(metrics["loss"]), scores
         for count in counts[1:]:
-            assert _max_gap(runs[1][0], runs[count][0]) <= tolerance, count
+            assert _max_gap(runs[1][0], runs[count][0], f"train_epoch {name} {optimizer} {np.dtype(dtype)} "
+                            f"1 vs {count} devices") <= tolerance, count
             np.testing.assert_allclose(runs[count][1], runs[1][1], rtol=0, atol=100 * tolerance)
             assert runs[count][2]["accuracy"] == runs[1][2]["accuracy"]
             assert runs[count][2]["loss"] == pytest.approx(runs[1][2]["loss"], abs=100 * tolerance)

@@ -144,6 +144,24 @@ def test_tfds_path_reads_mock_data_without_tensorflow():
     assert train.labels.dtype == np.int32 and train.info.source.startswith("TFDS mnist")
 
 
+def test_shards_of_files_and_tfds_copies_are_consecutive_blocks(tmp_path):
+    """Each process of a multi-host run loads only its block (funcnets.parallel.process_shard)."""
+    folder = _idx_folder(tmp_path, n_images=7, n_labels=7)
+    whole = data.load("mnist", "train", data_dir=folder, download=False)
+    shards = [data.load("mnist", "train", data_dir=folder, download=False, shard=(i, 3)) for i in range(3)]
+    assert [len(s.labels) for s in shards] == [2, 2, 3]
+    np.testing.assert_array_equal(np.concatenate([s.images for s in shards]), whole.images)
+    assert shards[1].info.source.endswith("shard 1 of 3")
+
+    tfds = pytest.importorskip("tensorflow_datasets")
+    with tfds.testing.mock_data(num_examples=12):
+        whole = data.load("mnist", "train", download=False)
+        shards = [data.load("mnist", "train", download=False, shard=(i, 5)) for i in range(5)]
+    assert [len(s.labels) for s in shards] == [2, 2, 3, 2, 3]
+    np.testing.assert_array_equal(np.concatenate([s.labels for s in shards]), whole.labels)
+    np.testing.assert_array_equal(np.concatenate([s.images for s in shards]), whole.images)
+
+
 def test_unknown_names_are_clear_errors():
     with pytest.raises(ValueError, match="unknown dataset 'imagenet'; choose one of mnist, fashion_mnist"):
         data.load("imagenet")
