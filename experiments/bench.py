@@ -197,6 +197,7 @@ def bench_model(name: str, *, repeats: int, cnn_window: int, torch_compile: bool
     import funcnets as fn
     from funcnets.training import uses_scan
 
+    jax.config.update("jax_enable_compilation_cache", False)  # first steps compile, even with a cache set
     batch, shape, n, optimizer, lr = CASES[name]
     n = examples or n
     jax.numpy.zeros(1).block_until_ready()  # the runtime's own memory is not the data's

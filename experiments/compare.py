@@ -12,7 +12,8 @@ Dropout masks are each framework's own. The report folder holds:
 - ``curves.png``: loss per step and per epoch, and accuracy, both frameworks overlaid;
 - ``difference.png``: loss(JAX) - loss(PyTorch) per step;
 - ``report.md``, ``results.csv``, ``results.json``: final train/test loss and
-  accuracy, time per epoch in steady state, first epoch (compile included),
+  accuracy, time per epoch in steady state, first epoch (compile included, or
+  loaded from JAX's compilation cache, `experiments.tutorial.compile_cache`),
   samples/s and parameters per framework, and their ratio JAX/PyTorch;
   the command, the versions and the device;
 - ``jax/`` and ``torch/``: each run's metrics file, plot and summary.
@@ -101,6 +102,12 @@ def _cell(value, column: str) -> str:
     return f"{value:.4f}" if column.endswith("loss") else f"{value:.3f}"
 
 
+def _cache_note(cache: dict | None) -> str:
+    if not cache or not cache["loaded"]:
+        return ""
+    return f" (JAX loaded {cache['loaded']} compiled program(s) from the compilation cache {cache['directory']})"
+
+
 def markdown(tutorial, args, summaries: dict[str, dict], ratios: dict, steps: dict) -> str:
     env = summaries["jax"]["environment"]
     header = ["framework", *COLUMNS]
@@ -116,7 +123,8 @@ def markdown(tutorial, args, summaries: dict[str, dict], ratios: dict, steps: di
     lines.append("| " + " | ".join(["JAX/PyTorch"] + [
         "-" if ratios[c] is None else f"{ratios[c]:.3f}" for c in COLUMNS]) + " |")
     lines += ["", "Times are the training steps of an epoch (no test pass): `epoch_seconds` is the median of the "
-              "epochs after the first, `first_epoch_seconds` includes compilation. A time ratio below 1 means "
+              "epochs after the first, `first_epoch_seconds` includes compilation"
+              f"{_cache_note(summaries['jax']['compile_cache'])}. A time ratio below 1 means "
               "JAX is faster; speedup (PyTorch time / JAX time) "
               f"**{1 / ratios['epoch_seconds']:.2f}x** per epoch.", "",
               f"Per-step training loss, JAX - PyTorch: largest {steps['max_abs']:.3g} (step {steps['argmax']}), "
@@ -151,10 +159,10 @@ def main(argv: list[str] | None = None) -> pathlib.Path:
         args.framework = framework
         print(f"\n== {tutorial.name} with {framework} ({plots.LABELS[framework]}) ==")
         metrics_path = out / framework / "metrics.jsonl"
-        run = common.run_jax if framework == "jax" else common.run_torch
-        run(tutorial, args, data, metrics_path, init=init)
+        cache = common.run(tutorial, args, data, metrics_path, init=init)
         records[framework] = read_metrics(metrics_path)
-        summaries[framework] = common.summarize(tutorial, args, data, framework, records[framework])
+        summaries[framework] = {**common.summarize(tutorial, args, data, framework, records[framework]),
+                                "compile_cache": cache}
         common.companion(metrics_path, ".summary.json").write_text(json.dumps(summaries[framework], indent=2) + "\n")
         plots.plot_run(records[framework], common.companion(metrics_path, ".png"),
                        title=f"{tutorial.name} ({framework}, {data.dataset})")

@@ -19,6 +19,8 @@ An experiment script is a `Tutorial` (the settings the tutorial publishes) and
 from __future__ import annotations
 
 import argparse
+import collections
+import contextlib
 import dataclasses
 import json
 import os
@@ -29,7 +31,7 @@ import shutil
 import statistics
 import subprocess
 import sys
-from typing import Any, Callable, NamedTuple
+from typing import Any, Callable, Iterator, NamedTuple
 
 import numpy as np
 
@@ -132,6 +134,10 @@ def parser(tutorial: Tutorial, *, prog: str | None = None, description: str | No
                    help="(JAX) split each batch over all devices of all processes (funcnets.parallel); "
                         "joins a multi-process run from JAX_COORDINATOR_ADDRESS/JAX_NUM_PROCESSES/"
                         "JAX_PROCESS_ID or SLURM's variables")
+    p.add_argument("--compile-cache", default=default_compile_cache(), metavar="DIR",
+                   help="(JAX) keep compiled steps in JAX's persistent compilation cache in DIR, so a "
+                        "later run loads them instead of compiling; 'off' to compile afresh "
+                        "(default: $JAX_COMPILATION_CACHE_DIR, else %(default)s)")
     p.add_argument("--log-interval", type=positive(int), default=100,
                    help="batches between metrics records (default: 100)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -268,6 +274,49 @@ def learning_rate(tutorial: Tutorial, args, steps_per_epoch: int):
     return fn.optim.step_lr(args.lr, 1, args.gamma, steps_per_epoch=steps_per_epoch)
 
 
+def default_compile_cache() -> str:
+    """``$JAX_COMPILATION_CACHE_DIR``, else ``$XDG_CACHE_HOME/funcnets/jax`` (``~/.cache/funcnets/jax``)."""
+    if os.environ.get("JAX_COMPILATION_CACHE_DIR"):
+        return os.environ["JAX_COMPILATION_CACHE_DIR"]
+    cache_home = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return os.path.join(cache_home, "funcnets", "jax")
+
+
+@contextlib.contextmanager
+def compile_cache(directory: str) -> Iterator[collections.Counter]:
+    """JAX's persistent compilation cache in ``directory`` for the ``with`` block
+    (``'off'``: none); yields the counts of programs it ``hit`` (loaded) and
+    ``missed`` (compiled, and saved when they took over half a second).
+
+    On 2 CPU cores a CNN's first step drops from ~3.5 s (compiling) to ~0.8 s
+    (loading). The directory is trusted code: keep it private, as JAX warns.
+    """
+    import jax
+    from jax.experimental.compilation_cache import compilation_cache as jax_cache
+
+    counts: collections.Counter = collections.Counter()
+    if directory == "off":
+        yield counts
+        return
+
+    def count(event: str, **_) -> None:
+        if event in ("/jax/compilation_cache/cache_hits", "/jax/compilation_cache/cache_misses"):
+            counts["hit" if event.endswith("hits") else "missed"] += 1
+
+    saved = (jax.config.jax_compilation_cache_dir, jax.config.jax_persistent_cache_min_compile_time_secs)
+    jax_cache.set_cache_dir(directory)
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
+    jax_cache.reset_cache()  # takes effect even after this process has compiled
+    jax.monitoring.register_event_listener(count)
+    try:
+        yield counts
+    finally:
+        jax.monitoring.unregister_event_listener(count)
+        jax_cache.set_cache_dir(saved[0])
+        jax.config.update("jax_persistent_cache_min_compile_time_secs", saved[1])
+        jax_cache.reset_cache()
+
+
 def is_lead_process() -> bool:
     """Process 0 of a multi-process run (always true in a single process)."""
     import jax
@@ -325,6 +374,22 @@ def run_torch(tutorial: Tutorial, args, data: RunData, metrics_path: pathlib.Pat
 
 
 # --- what a run leaves behind ---------------------------------------------------------
+
+def run(tutorial: Tutorial, args, data: RunData, metrics_path: pathlib.Path, **kwargs) -> dict | None:
+    """Train under ``args.framework`` (`run_jax` inside `compile_cache`, or
+    `run_torch`); what the compilation cache did (None: PyTorch, or cache off)."""
+    if args.framework == "torch":
+        run_torch(tutorial, args, data, metrics_path, **kwargs)
+        return None
+    with compile_cache(args.compile_cache) as cached:
+        run_jax(tutorial, args, data, metrics_path, **kwargs)
+    if args.compile_cache == "off":
+        return None
+    if is_lead_process():
+        print(f"Compilation cache {args.compile_cache}: {cached['hit']} program(s) loaded, "
+              f"{cached['missed']} compiled")
+    return {"directory": args.compile_cache, "loaded": cached["hit"], "compiled": cached["missed"]}
+
 
 def environment() -> dict[str, str]:
     """Versions and device, for reproducing a result."""
@@ -405,12 +470,11 @@ def main(tutorial: Tutorial, argv: list[str] | None = None) -> dict:
     print(f"{tutorial.name} with {args.framework}: {args.optimizer}(lr={args.lr}"
           f"{f', StepLR gamma={args.gamma}' if args.gamma else ''}), batch {args.batch_size}, "
           f"{args.epochs} epochs, seed {args.seed}{', float64' if args.float64 else ''}")
-    run = run_jax if args.framework == "jax" else run_torch
-    run(tutorial, args, data, metrics_path, checkpoint_dir=run_dir, log=print)
+    cache = run(tutorial, args, data, metrics_path, checkpoint_dir=run_dir, log=print)
     if not is_lead_process():
         return {}  # process 0 reports
     records = read_metrics(metrics_path)
-    summary = summarize(tutorial, args, data, args.framework, records)
+    summary = {**summarize(tutorial, args, data, args.framework, records), "compile_cache": cache}
     companion(metrics_path, ".summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     plot = plots.plot_run(records, companion(metrics_path, ".png"),
                           title=f"{tutorial.name} ({args.framework}, {data.dataset})")

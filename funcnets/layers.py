@@ -143,7 +143,9 @@ def max_pool2d(x: jax.Array, size: int = 2) -> jax.Array:
 
     Forward: the max of each ``size x size`` window, read as a reshape to
     ``(B, H//size, size, W//size, size, C)`` (rows and columns past the last
-    whole window are dropped, as PyTorch floors). Backward, as PyTorch's: each
+    whole window are dropped, as PyTorch floors) and taken as an elementwise
+    ``maximum`` of the ``size**2`` window positions (XLA:CPU runs that 5x
+    faster than a reduction over the two window axes). Backward, as PyTorch's: each
     window's gradient goes to its *first* maximum in row-major order; ties get
     nothing more. (JAX's own ``reduce_window`` gradient, a select-and-scatter,
     is 1.5x slower for the whole MNIST CNN step on CPU; ``jnp.max``'s would
@@ -160,7 +162,9 @@ def _windows(x: jax.Array, size: int) -> jax.Array:
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(1,))
 def _max_pool(x: jax.Array, size: int) -> jax.Array:
-    return _windows(x, size).max(axis=(2, 4))
+    windows = _windows(x, size)
+    corners = [windows[:, :, i, :, j, :] for i in range(size) for j in range(size)]
+    return functools.reduce(jnp.maximum, corners)
 
 
 def _max_pool_forward(x, size):

@@ -9,6 +9,8 @@ compare full float32, so both are switched off; on CPU these settings change
 nothing.
 """
 
+import os
+
 import jax
 import pytest
 
@@ -23,6 +25,14 @@ else:
     torch.set_num_threads(1)
     torch.backends.cuda.matmul.allow_tf32 = False
     torch.backends.cudnn.allow_tf32 = False
+
+
+@pytest.fixture(autouse=True, scope="session")
+def private_caches(tmp_path_factory):
+    """The experiment scripts' compilation cache (``$XDG_CACHE_HOME/funcnets``)
+    in a folder of this session, not the user's."""
+    os.environ.pop("JAX_COMPILATION_CACHE_DIR", None)
+    os.environ["XDG_CACHE_HOME"] = str(tmp_path_factory.mktemp("cache"))
 
 
 @pytest.fixture

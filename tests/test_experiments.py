@@ -4,6 +4,7 @@ import csv
 import json
 import pickle
 
+import jax
 import numpy as np
 import pytest
 
@@ -75,11 +76,27 @@ def test_script_dry_run_writes_metrics_plot_and_summary(name, framework, tmp_pat
 
 def test_script_trains_data_parallel_in_bfloat16(tmp_path, capsys):
     summary = common.main(mnist_mlp.TUTORIAL, ["--dry-run", "--no-progress", "--dataset", "digits", "--bf16",
-                                               "--data-parallel", "--checkpoint-dir", str(tmp_path)])
+                                               "--data-parallel", "--checkpoint-dir", str(tmp_path),
+                                               "--compile-cache", "off"])
     out = capsys.readouterr().out
-    assert "Data parallel over 1 cpu device(s) in 1 process(es)" in out
+    assert "Data parallel over 1 cpu device(s) in 1 process(es)" in out and "Compilation cache" not in out
     assert summary["bf16"] and summary["data_parallel"] and np.isfinite(summary["train_loss"])
+    assert summary["compile_cache"] is None
     _check_metrics(tmp_path / "metrics.jsonl", epochs=2, steps_per_epoch=common.DRY_RUN_BATCHES)
+
+
+@pytest.mark.slow
+def test_a_later_run_loads_its_compiled_steps_from_the_cache(tmp_path, capsys):
+    cache = tmp_path / "cache"
+    flags = ["--dry-run", "--no-progress", "--dataset", "digits", "--compile-cache", str(cache)]
+    first = common.main(mnist_cnn.TUTORIAL, [*flags, "--checkpoint-dir", str(tmp_path / "first")])
+    assert first["compile_cache"]["compiled"] >= 1 and any(cache.iterdir())
+    jax.clear_caches()  # what a new process starts from
+    second = common.main(mnist_cnn.TUTORIAL, [*flags, "--checkpoint-dir", str(tmp_path / "second")])
+    assert second["compile_cache"]["loaded"] >= 1
+    assert f"Compilation cache {cache}: {second['compile_cache']['loaded']} program(s) loaded" in capsys.readouterr().out
+    for key in ("train_loss", "test_loss", "test_accuracy"):  # the loaded programs compute the same
+        assert second[key] == first[key]
 
 
 def test_tutorial_defaults_are_the_published_settings():
