@@ -11,6 +11,8 @@ An experiment script is a `Tutorial` (the settings the tutorial publishes) and
 - starts from ``init`` when given (a PyTorch ``state_dict``, as
   `experiments.compare` passes both sides), else from its framework's own init
   under ``--seed``;
+- for JAX, keeps compiled steps in JAX's persistent compilation cache
+  (`compile_cache`, ``--compile-cache``), so a later run loads them;
 - writes the metrics file of `funcnets.fit` (the PyTorch side writes the same
   records through `funcnets.fit.MetricsLog`), a plot of it next to it
   (``<stem>.png``) and a summary (``<stem>.summary.json``).

@@ -1,6 +1,7 @@
 """Shared test setup: strict rank promotion (silent broadcasting fails loudly),
 full float32 matmul precision, PyTorch pinned to one thread (its float32 results
-depend on the thread count).
+depend on the thread count), and the scripts' compilation cache in a folder of
+the session.
 
 On recent NVIDIA GPUs both frameworks would otherwise use TF32 (10-bit
 mantissa) for some float32 products: JAX for every matmul and convolution by
