@@ -131,6 +131,7 @@ def test_both_frameworks_see_the_same_batches():
     (["--resume"], "--resume needs --checkpoint-dir"),
     (["--framework", "torch", "--bf16"], "are for --framework jax"),
     (["--bf16", "--float64"], "does not go with --float64"),
+    (["--compile-cache", __file__], "is a file, not a folder"),
 ])
 def test_bad_flags_fail_fast_and_say_why(argv, message, capsys):
     with pytest.raises(SystemExit) as exit_info:
