@@ -161,8 +161,7 @@ def main(argv: list[str] | None = None) -> pathlib.Path:
         metrics_path = out / framework / "metrics.jsonl"
         cache = common.run(tutorial, args, data, metrics_path, init=init)
         records[framework] = read_metrics(metrics_path)
-        summaries[framework] = {**common.summarize(tutorial, args, data, framework, records[framework]),
-                                "compile_cache": cache}
+        summaries[framework] = common.summarize(tutorial, args, data, framework, records[framework], cache)
         common.companion(metrics_path, ".summary.json").write_text(json.dumps(summaries[framework], indent=2) + "\n")
         plots.plot_run(records[framework], common.companion(metrics_path, ".png"),
                        title=f"{tutorial.name} ({framework}, {data.dataset})")

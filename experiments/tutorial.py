@@ -286,6 +286,9 @@ def default_compile_cache() -> str:
     return os.path.join(cache_home, "funcnets", "jax")
 
 
+_CACHE_EVENTS = {"/jax/compilation_cache/cache_hits": "hit", "/jax/compilation_cache/cache_misses": "missed"}
+
+
 @contextlib.contextmanager
 def compile_cache(directory: str) -> Iterator[collections.Counter]:
     """JAX's persistent compilation cache in ``directory`` for the ``with`` block
@@ -304,8 +307,8 @@ def compile_cache(directory: str) -> Iterator[collections.Counter]:
         return
 
     def count(event: str, **_) -> None:
-        if event in ("/jax/compilation_cache/cache_hits", "/jax/compilation_cache/cache_misses"):
-            counts["hit" if event.endswith("hits") else "missed"] += 1
+        if event in _CACHE_EVENTS:
+            counts[_CACHE_EVENTS[event]] += 1
 
     saved = (jax.config.jax_compilation_cache_dir, jax.config.jax_persistent_cache_min_compile_time_secs)
     jax_cache.set_cache_dir(directory)
@@ -377,8 +380,6 @@ def run_torch(tutorial: Tutorial, args, data: RunData, metrics_path: pathlib.Pat
                                orders=epoch_orders(len(data.train_labels), args.seed, args.epochs), log=log)
 
 
-# --- what a run leaves behind ---------------------------------------------------------
-
 def run(tutorial: Tutorial, args, data: RunData, metrics_path: pathlib.Path, **kwargs) -> dict | None:
     """Train under ``args.framework`` (`run_jax` inside `compile_cache`, or
     `run_torch`); what the compilation cache did (None: PyTorch, or cache off)."""
@@ -394,6 +395,8 @@ def run(tutorial: Tutorial, args, data: RunData, metrics_path: pathlib.Path, **k
               f"{cached['missed']} compiled")
     return {"directory": args.compile_cache, "loaded": cached["hit"], "compiled": cached["missed"]}
 
+
+# --- what a run leaves behind ---------------------------------------------------------
 
 def environment() -> dict[str, str]:
     """Versions and device, for reproducing a result."""
@@ -431,8 +434,10 @@ def timing(history: list[dict], num_examples: int) -> dict[str, float]:
             "samples_per_second": num_examples / steady}
 
 
-def summarize(tutorial: Tutorial, args, data: RunData, framework: str, records: list[dict]) -> dict:
-    """The run's results from its metrics ``records`` (a resumed run's file holds the whole run)."""
+def summarize(tutorial: Tutorial, args, data: RunData, framework: str, records: list[dict],
+              compile_cache: dict | None = None) -> dict:
+    """The run's results from its metrics ``records`` (a resumed run's file holds the whole run),
+    with what the compilation cache did (`run`'s answer)."""
     history = [r for r in records if r["kind"] == "epoch"]
     last = history[-1]
     model = fn.models.get(tutorial.model)
@@ -447,7 +452,7 @@ def summarize(tutorial: Tutorial, args, data: RunData, framework: str, records: 
             "gamma": args.gamma, "batch_size": args.batch_size, "seed": args.seed,
             "float64": args.float64, "bf16": args.bf16, "data_parallel": args.data_parallel,
             "dry_run": args.dry_run, "tutorial_reports": tutorial.reported,
-            "command": args.command, "environment": environment()}
+            "compile_cache": compile_cache, "command": args.command, "environment": environment()}
 
 
 def companion(metrics_path: pathlib.Path, suffix: str) -> pathlib.Path:
@@ -478,7 +483,7 @@ def main(tutorial: Tutorial, argv: list[str] | None = None) -> dict:
     if not is_lead_process():
         return {}  # process 0 reports
     records = read_metrics(metrics_path)
-    summary = {**summarize(tutorial, args, data, args.framework, records), "compile_cache": cache}
+    summary = summarize(tutorial, args, data, args.framework, records, cache)
     companion(metrics_path, ".summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     plot = plots.plot_run(records, companion(metrics_path, ".png"),
                           title=f"{tutorial.name} ({args.framework}, {data.dataset})")

@@ -145,9 +145,9 @@ def max_pool2d(x: jax.Array, size: int = 2) -> jax.Array:
     ``(B, H//size, size, W//size, size, C)`` (rows and columns past the last
     whole window are dropped, as PyTorch floors) and taken as an elementwise
     ``maximum`` of the ``size**2`` window positions (XLA:CPU runs that 5x
-    faster than a reduction over the two window axes). Backward, as PyTorch's: each
-    window's gradient goes to its *first* maximum in row-major order; ties get
-    nothing more. (JAX's own ``reduce_window`` gradient, a select-and-scatter,
+    faster than a reduction over the two window axes). Backward, as
+    PyTorch's: each window's gradient goes to its *first* maximum in row-major
+    order; ties get nothing more. (JAX's own ``reduce_window`` gradient, a select-and-scatter,
     is 1.5x slower for the whole MNIST CNN step on CPU; ``jnp.max``'s would
     split ties evenly.)
     """
