@@ -2,6 +2,7 @@
 
     python -m experiments.bench                       # all four models; Markdown + JSON in reports/bench/
     python -m experiments.bench --models mnist_cnn --repeats 5 --cnn-window 60
+    python -m experiments.bench --models mnist_cnn --system-malloc   # glibc's malloc defaults for all
 
 For each model at its tutorial batch size (MLP 64, MNIST CNN 64, CIFAR CNN 16,
 SimpleNet 64), on random data of the real shapes (60,000 28x28x1 images, or
@@ -31,6 +32,10 @@ float32 GEMM peak (measured in the same run, best of JAX and PyTorch on a
 
 Each model runs in its own process, so its peak host memory (``ru_maxrss``)
 is its own; the funcnets path's resident data is reported in dataset copies.
+That process sets up host memory as funcnets does on the CPU
+(`funcnets.host_memory`: freed blocks stay for the next step) before any
+contestant runs, so PyTorch's contestants get the same ``malloc`` settings;
+``--system-malloc`` leaves glibc's defaults for all of them instead.
 """
 
 from __future__ import annotations
@@ -195,9 +200,11 @@ def bench_model(name: str, *, repeats: int, cnn_window: int, torch_compile: bool
     import torch
 
     import funcnets as fn
+    from funcnets import host_memory
     from funcnets.training import uses_scan
 
     jax.config.update("jax_enable_compilation_cache", False)  # first steps compile, even with a cache set
+    host_malloc = host_memory.reuse_freed_blocks()  # before any contestant: all run under one setting
     batch, shape, n, optimizer, lr = CASES[name]
     n = examples or n
     jax.numpy.zeros(1).block_until_ready()  # the runtime's own memory is not the data's
@@ -252,7 +259,7 @@ def bench_model(name: str, *, repeats: int, cnn_window: int, torch_compile: bool
                        "first_step_seconds": first_steps[label], "spread": (max(samples) - min(samples)) * scale}
     return {"model": name, "batch_size": batch, "optimizer": f"{optimizer}(lr={lr})", "window_steps": window,
             "steps_per_epoch": steps_per_epoch, "repeats": repeats, "flops_per_step": flops, "rows": rows,
-            "notes": notes, "dataset_mb": dataset_bytes / 2 ** 20,
+            "notes": notes, "host_malloc": host_malloc, "dataset_mb": dataset_bytes / 2 ** 20,
             "funcnets_resident_dataset_copies": (rss_funcnets - rss_start) / dataset_bytes,
             "funcnets_live_dataset_copies": (dataset_bytes + live_bytes) / dataset_bytes,
             "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
@@ -265,7 +272,8 @@ def _speedup(other: float | None, ours: float) -> str:
 def markdown(results: list[dict], peak: dict, environment: dict) -> str:
     lines = [f"Machine: {environment['machine']}; jax {environment['jax']}, torch {environment.get('torch')}; "
              f"float32 GEMM peak {peak['peak'] / 1e9:.0f} GFLOP/s (JAX {peak['jax'] / 1e9:.0f}, "
-             f"PyTorch {peak['torch'] / 1e9:.0f}).", "",
+             f"PyTorch {peak['torch'] / 1e9:.0f}). Host memory, for every contestant alike: "
+             f"{'; '.join(sorted({r['host_malloc'] for r in results}))}.", "",
              "| model (batch) | contestant | s/epoch | samples/s | first step (s) | vs torch tutorial | "
              "vs torch well (best) | vs torch.compile | % of GEMM peak |",
              "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
@@ -299,6 +307,9 @@ def main(argv: list[str] | None = None) -> pathlib.Path:
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--cnn-window", type=int, default=40, help="timed steps per window for the CNNs")
     p.add_argument("--no-torch-compile", action="store_true")
+    p.add_argument("--system-malloc", action="store_true",
+                   help="leave glibc's malloc as it is (FUNCNETS_HOST_MALLOC=system) instead of the setting "
+                        "funcnets makes on the CPU; applies to every contestant")
     p.add_argument("--out", default="reports/bench")
     p.add_argument("--one-model-json", default=None, help=argparse.SUPPRESS)  # the child process's output
     args = p.parse_args(argv)
@@ -310,6 +321,7 @@ def main(argv: list[str] | None = None) -> pathlib.Path:
         return pathlib.Path(args.one_model_json)
 
     from experiments.tutorial import environment
+    from funcnets import host_memory
 
     out = pathlib.Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -322,9 +334,11 @@ def main(argv: list[str] | None = None) -> pathlib.Path:
         if args.no_torch_compile:
             command.append("--no-torch-compile")
         print(f"benchmarking {model} ...", flush=True)
-        subprocess.run(command, check=True)
+        child_env = {**os.environ, **({host_memory.OPT_OUT: "system"} if args.system_malloc else {})}
+        subprocess.run(command, check=True, env=child_env)
         results.append(json.loads(child.read_text()))
     env = environment()
+    env["host_malloc"] = "; ".join(sorted({r["host_malloc"] for r in results}))  # the model processes'
     table = markdown(results, peak, env)
     (out / "bench.md").write_text(table)
     (out / "bench.json").write_text(json.dumps({"gemm_peak": peak, "results": results, "environment": env,

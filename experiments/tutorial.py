@@ -407,7 +407,9 @@ def environment() -> dict[str, str]:
     info = {"python": platform.python_version(), "jax": jax.__version__, "jaxlib": jaxlib.__version__,
             "optax": optax.__version__, "funcnets": fn.__version__,
             "jax_device": f"{jax.devices()[0].platform}: {jax.devices()[0].device_kind}",
-            "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, {platform.platform()}"}
+            "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, {platform.platform()}",
+            # process-wide: PyTorch, run after JAX in one process, has it too
+            "host_malloc": fn.host_memory.setting() or "system malloc (no funcnets program ran on the CPU)"}
     try:
         import torch
 

@@ -28,7 +28,7 @@ from flax import struct
 from flax.training import train_state
 from jax.sharding import Mesh
 
-from funcnets import layers, losses, parallel
+from funcnets import host_memory, layers, losses, parallel
 from funcnets.models import Model, Params, _check_key
 
 Batch = tuple[Any, Any]
@@ -156,7 +156,9 @@ def compiler_options(model: Model) -> dict[str, str]:
 class _jit_per_model:  # noqa: N801 (used as a decorator, like jax.jit)
     """``jax.jit(fun, **jit_kwargs)``, compiled with `compiler_options` of the
     model in ``fun``'s first argument (a `TrainState`): one jitted function per
-    distinct set of options. Options this jaxlib does not know are dropped."""
+    distinct set of options. Options this jaxlib does not know are dropped.
+    On the CPU, the first call also sets up host memory for steps
+    (`funcnets.host_memory.reuse_freed_blocks`)."""
 
     def __init__(self, fun, **jit_kwargs):
         self._fun, self._jit_kwargs = fun, jit_kwargs
@@ -171,6 +173,8 @@ class _jit_per_model:  # noqa: N801 (used as a decorator, like jax.jit)
 
     def __call__(self, state, *args, **kwargs):
         options = compiler_options(state.model)
+        if jax.default_backend() == "cpu":
+            host_memory.reuse_freed_blocks()   # once per process; see funcnets.host_memory
         try:
             return self._jitted(options)(state, *args, **kwargs)
         except Exception as error:  # an older jaxlib without the option: compile without it

@@ -1,0 +1,82 @@
+"""funcnets.host_memory: on the CPU, freed blocks stay in the process, so a step's
+temporaries reuse the same pages instead of faulting in fresh ones every step."""
+
+import json
+import os
+import pathlib
+import platform
+import subprocess
+import sys
+
+import pytest
+
+from funcnets import host_memory
+
+BLOCK_PAGES = (64 << 20) // os.sysconf("SC_PAGE_SIZE")   # one 64 MiB block, as big as mnist_cnn's temporaries
+
+# One jitted step (which sets host memory up), then a 64 MiB block allocated,
+# written and freed four times with the C library's malloc/free, as XLA:CPU's
+# buffers are (NumPy's own big blocks ask the kernel for huge pages instead):
+# the minor page faults of the last three.
+PROBE = """
+import ctypes, json, resource
+import jax, jax.numpy as jnp
+import funcnets as fn
+from funcnets import host_memory
+assert host_memory.setting() is None
+state = fn.create_train_state(fn.models.get("mnist_mlp"), fn.optim.sgd(lr=0.01), jax.random.key(0))
+fn.train_step(state, (jnp.zeros((8, 28, 28, 1)), jnp.zeros((8,), jnp.int32)))
+libc = ctypes.CDLL("libc.so.6")
+libc.malloc.restype, libc.free.argtypes = ctypes.c_void_p, [ctypes.c_void_p]
+faults = []
+for _ in range(4):
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    block = libc.malloc(64 << 20)
+    ctypes.memset(block, 1, 64 << 20)
+    libc.free(block)
+    faults.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+print(json.dumps({"setting": host_memory.setting(), "faults": sum(faults[1:])}))
+"""
+
+
+def _probe(**extra) -> dict:
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith(("MALLOC_", "GLIBC_TUNABLES", "LD_PRELOAD", host_memory.OPT_OUT))}
+    run = subprocess.run([sys.executable, "-c", PROBE], env={**env, **extra, "JAX_PLATFORMS": "cpu"},
+                         capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-3000:]
+    return json.loads(run.stdout.strip().splitlines()[-1])
+
+
+def _huge_pages_always() -> bool:
+    path = pathlib.Path("/sys/kernel/mm/transparent_hugepage/enabled")
+    return path.exists() and "[always]" in path.read_text()
+
+
+@pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="the setting is glibc's malloc's")
+def test_after_a_cpu_step_freed_blocks_are_reused_without_page_faults():
+    reused = _probe()
+    assert reused["setting"].startswith("freed blocks reused"), reused
+    assert reused["faults"] < BLOCK_PAGES // 10, reused      # 3 blocks: the heap's pages again
+
+    system = _probe(**{host_memory.OPT_OUT: "system"})
+    assert system["setting"] == f"system malloc ({host_memory.OPT_OUT}=system)", system
+    if not _huge_pages_always():                             # 2 MiB pages fault 512x less
+        assert system["faults"] > 3 * BLOCK_PAGES * 0.9, system  # each block mapped afresh
+
+
+@pytest.mark.parametrize("environ,reason", [
+    ({host_memory.OPT_OUT: "system"}, "FUNCNETS_HOST_MALLOC=system"),
+    ({host_memory.OPT_OUT: " System "}, "FUNCNETS_HOST_MALLOC=system"),
+    ({"GLIBC_TUNABLES": "glibc.malloc.arena_max=2"}, "GLIBC_TUNABLES configures malloc"),
+    ({"MALLOC_ARENA_MAX_": "2"}, "MALLOC_ARENA_MAX_ configures malloc"),
+    ({"LD_PRELOAD": "/usr/lib/x86_64-linux-gnu/libjemalloc.so.2"}, "LD_PRELOAD has jemalloc"),
+])
+def test_malloc_is_left_alone_when_the_user_configured_it(environ, reason):
+    assert host_memory.reason_to_leave_malloc_alone(environ) == reason
+
+
+@pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="the setting is glibc's malloc's")
+def test_nothing_else_in_the_environment_stops_it():
+    assert host_memory.reason_to_leave_malloc_alone({"GLIBC_TUNABLES": "glibc.cpu.hwcaps=-AVX512F",
+                                                     host_memory.OPT_OUT: "reuse", "LD_PRELOAD": ""}) is None
