@@ -173,7 +173,7 @@ class _jit_per_model:  # noqa: N801 (used as a decorator, like jax.jit)
 
     def __call__(self, state, *args, **kwargs):
         options = compiler_options(state.model)
-        if jax.default_backend() == "cpu":
+        if host_memory.setting() is None and jax.default_backend() == "cpu":
             host_memory.reuse_freed_blocks()   # once per process; see funcnets.host_memory
         try:
             return self._jitted(options)(state, *args, **kwargs)
