@@ -323,6 +323,11 @@ def main(argv: list[str] | None = None) -> pathlib.Path:
     from experiments.tutorial import environment
     from funcnets import host_memory
 
+    if not args.system_malloc:
+        try:
+            host_memory.reason_to_leave_malloc_alone()  # a bad FUNCNETS_HOST_MALLOC fails here, not in each child
+        except ValueError as error:
+            p.error(str(error))
     out = pathlib.Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     peak = gemm_peak()

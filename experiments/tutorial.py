@@ -168,6 +168,10 @@ def check_args(tutorial: Tutorial, args, p: argparse.ArgumentParser) -> None:
         p.error("--bf16 computes in bfloat16 with float32 params; it does not go with --float64")
     if args.compile_cache != "off" and os.path.exists(args.compile_cache) and not os.path.isdir(args.compile_cache):
         p.error(f"--compile-cache {args.compile_cache}: is a file, not a folder (or 'off')")
+    try:
+        fn.host_memory.reason_to_leave_malloc_alone()   # read on the first CPU step; a typo fails here
+    except ValueError as error:
+        p.error(str(error))
     if args.dry_run:
         args.epochs = min(args.epochs, 2)
     if args.framework == "torch":

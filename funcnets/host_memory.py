@@ -27,7 +27,8 @@ peak resident memory grew from 1.3 to 1.6 GB.)
 funcnets calls it once, the first time it runs a jitted program on the CPU
 (`funcnets.training`). It leaves ``malloc`` as it is when:
 
-- ``FUNCNETS_HOST_MALLOC=system`` is set (the opt-out);
+- ``FUNCNETS_HOST_MALLOC=system`` is set (the opt-out; ``reuse``, or the
+  variable unset, is the default, and any other value is an error);
 - the user has configured ``malloc`` already: ``GLIBC_TUNABLES`` with a
   ``glibc.malloc.*`` entry, a ``MALLOC_*_`` variable, or another allocator
   (jemalloc, tcmalloc, mimalloc) in ``LD_PRELOAD``;
@@ -45,6 +46,7 @@ import platform
 MMAP_THRESHOLD = 128 << 20
 TRIM_THRESHOLD = 2 * MMAP_THRESHOLD    # glibc's own rule when it raises the mmap threshold
 OPT_OUT = "FUNCNETS_HOST_MALLOC"
+OPT_OUT_VALUES = {"reuse": "the default: freed blocks reused", "system": "glibc's malloc left as it is"}
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3   # glibc's <malloc.h>
 _OTHER_ALLOCATORS = ("jemalloc", "tcmalloc", "mimalloc")
 
@@ -52,8 +54,16 @@ _setting: str | None = None
 
 
 def reason_to_leave_malloc_alone(environ=os.environ) -> str | None:
-    """Why `reuse_freed_blocks` must not touch ``malloc`` here, or None."""
-    if environ.get(OPT_OUT, "").strip().lower() == "system":
+    """Why `reuse_freed_blocks` must not touch ``malloc`` here, or None.
+
+    Raises ValueError for a value of ``FUNCNETS_HOST_MALLOC`` other than those
+    in `OPT_OUT_VALUES` (a typo must not silently apply the setting)."""
+    choice = environ.get(OPT_OUT, "").strip().lower()
+    if choice and choice not in OPT_OUT_VALUES:
+        accepted = "; ".join(f"{value!r} ({meaning})" for value, meaning in OPT_OUT_VALUES.items())
+        raise ValueError(f"{OPT_OUT}={environ[OPT_OUT]!r} is not a setting funcnets knows: "
+                         f"set it to one of {accepted}, or unset it")
+    if choice == "system":
         return f"{OPT_OUT}=system"
     if "glibc.malloc." in environ.get("GLIBC_TUNABLES", ""):
         return "GLIBC_TUNABLES configures malloc"
@@ -70,7 +80,8 @@ def reason_to_leave_malloc_alone(environ=os.environ) -> str | None:
 
 def reuse_freed_blocks() -> str:
     """Raise glibc's mmap and trim thresholds (see the module docstring), once
-    per process; returns `setting`."""
+    per process; returns `setting`. Raises ValueError, and changes nothing, for
+    an unknown ``FUNCNETS_HOST_MALLOC`` value."""
     global _setting
     if _setting is None:
         reason = reason_to_leave_malloc_alone()

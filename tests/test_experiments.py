@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 import funcnets as fn
-from experiments import cifar10_cnn, compare, mnist_cnn, mnist_mlp, optimizers, simple_net
+from experiments import bench, cifar10_cnn, compare, mnist_cnn, mnist_mlp, optimizers, simple_net
 from experiments import tutorial as common
 from funcnets.fit import read_metrics
 
@@ -139,6 +139,16 @@ def test_bad_flags_fail_fast_and_say_why(argv, message, capsys):
     assert exit_info.value.code == 2 and message in capsys.readouterr().err
 
 
+def test_a_typo_in_the_malloc_opt_out_fails_fast(monkeypatch, capsys):
+    monkeypatch.setenv("FUNCNETS_HOST_MALLOC", "sytem")
+    with pytest.raises(SystemExit) as exit_info:
+        common.main(mnist_mlp.TUTORIAL, ["--dataset", "digits", "--dry-run"])
+    assert exit_info.value.code == 2 and "FUNCNETS_HOST_MALLOC='sytem' is not a setting" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exit_info:
+        bench.main(["--models", "mnist_mlp"])
+    assert exit_info.value.code == 2 and "FUNCNETS_HOST_MALLOC='sytem'" in capsys.readouterr().err
+
+
 def test_missing_dataset_says_how_to_get_it(tmp_path):
     with pytest.raises(SystemExit, match="cifar-10-python.tar.gz"):
         common.main(cifar10_cnn.TUTORIAL, ["--data-dir", str(tmp_path), "--dry-run"])
@@ -243,8 +253,6 @@ def test_zigzag_bounces_without_momentum():
 
 def test_bench_runs_every_contestant_and_reports_ratios():
     """The benchmark script itself, on a small dataset (its timings mean nothing here)."""
-    from experiments import bench
-
     result = bench.bench_model("mnist_mlp", repeats=1, cnn_window=2, torch_compile=False, examples=640)
     assert {"funcnets loop", "funcnets epoch", "torch tutorial", "torch well (1 thread)"} <= set(result["rows"])
     assert result["flops_per_step"] >= 0.99 * 2 * (2 * 64 * 784 * 100)  # fc1 forward + weight gradient

@@ -80,3 +80,25 @@ def test_malloc_is_left_alone_when_the_user_configured_it(environ, reason):
 def test_nothing_else_in_the_environment_stops_it():
     assert host_memory.reason_to_leave_malloc_alone({"GLIBC_TUNABLES": "glibc.cpu.hwcaps=-AVX512F",
                                                      host_memory.OPT_OUT: "reuse", "LD_PRELOAD": ""}) is None
+
+
+@pytest.mark.parametrize("value", ["sytem", "off", "1"])
+def test_an_unknown_opt_out_value_is_an_error_naming_the_accepted_ones(value):
+    with pytest.raises(ValueError, match=rf"FUNCNETS_HOST_MALLOC='{value}' is not a setting.*'reuse'.*'system'"):
+        host_memory.reason_to_leave_malloc_alone({host_memory.OPT_OUT: value})
+
+
+def test_a_train_step_reports_an_unknown_opt_out_value_before_running(monkeypatch):
+    import jax
+    import jax.numpy as jnp
+
+    import funcnets as fn
+
+    if jax.default_backend() != "cpu":
+        pytest.skip("the setting is made for CPU programs only")
+    monkeypatch.setattr(host_memory, "_setting", None)   # as in a fresh process
+    monkeypatch.setenv(host_memory.OPT_OUT, "sytem")
+    state = fn.create_train_state(fn.models.get("mnist_mlp"), fn.optim.sgd(lr=0.01), jax.random.key(0))
+    with pytest.raises(ValueError, match="FUNCNETS_HOST_MALLOC='sytem'"):
+        fn.train_step(state, (jnp.zeros((8, 28, 28, 1)), jnp.zeros((8,), jnp.int32)))
+    assert host_memory.setting() is None                  # nothing was changed
