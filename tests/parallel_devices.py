@@ -53,7 +53,7 @@ CASES = [
     ("mnist_mlp", "sgd", np.float32, 1e-7, DEVICE_COUNTS),
     ("mnist_cnn", "sgd", np.float32, 1e-7, (1, 8)),   # with dropout: masks must not depend on the sharding
     ("mnist_mlp", "adam", np.float64, 1e-12, (1, 8)),
-    ("mnist_cnn", "adam", np.float64, 1e-12, (1, 8)),
+    pytest.param("mnist_cnn", "adam", np.float64, 1e-12, (1, 8), marks=pytest.mark.slow),  # float64 convs: 18 s
 ]
 EPOCH_CASES = [  # the float64 CNN epoch adds a minute of float64 convolutions and no new path
     ("mnist_mlp", "sgd", np.float32, 1e-7, DEVICE_COUNTS),

@@ -28,13 +28,15 @@ def _env(**extra) -> dict:
     return env
 
 
-def test_one_two_and_eight_devices_train_alike():
-    """tests/parallel_devices.py, with 8 CPU devices; see its docstring for the tolerances."""
+@pytest.mark.parametrize("inner_marks", ["not slow", pytest.param("slow", marks=pytest.mark.slow)])
+def test_one_two_and_eight_devices_train_alike(inner_marks):
+    """tests/parallel_devices.py, with 8 CPU devices; see its docstring for the tolerances.
+    Its slow cases run with ``pytest -m slow``, as this file's do."""
     run = subprocess.run(
-        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-o", "addopts=",
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-o", "addopts=", "-m", inner_marks,
          str(TESTS / "parallel_devices.py")],
         env=_env(XLA_FLAGS="--xla_force_host_platform_device_count=8"),
-        capture_output=True, text=True, timeout=600, cwd=TESTS.parent)
+        capture_output=True, text=True, timeout=600, cwd=TESTS.parent, check=False)
     assert run.returncode == 0, run.stdout[-5000:] + run.stderr[-3000:]
     assert " passed" in run.stdout and "skipped" not in run.stdout, run.stdout[-2000:]
 
