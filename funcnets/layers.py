@@ -38,9 +38,31 @@ import numpy as np
 Params = dict[str, jax.Array]
 
 
-def _torch_uniform(key: jax.Array, shape: tuple[int, ...], fan_in: int, dtype) -> jax.Array:
-    bound = 1.0 / math.sqrt(fan_in)
-    return jax.random.uniform(key, shape, dtype, minval=-bound, maxval=bound)
+def param_count(spec: Layer) -> int:
+    """How many numbers ``spec``'s params hold (PyTorch's ``numel`` summed)."""
+    return sum(math.prod(shape) for shape in spec.param_shapes.values())
+
+
+def init_from_unit(spec: Layer, unit: jax.Array) -> Params:
+    """PyTorch's default init of ``spec`` from ``param_count(spec)`` draws of
+    ``U[0, 1)`` (``unit``, 1-D): each param, in `param_shapes` order (kernel,
+    then bias), takes the next ``prod(shape)`` draws ``u`` as ``max(-b, 2b*u - b)``
+    with ``b = 1/sqrt(fan_in)``, the map of ``jax.random.uniform(minval=-b,
+    maxval=b)``."""
+    bound = 1.0 / math.sqrt(spec.fan_in)
+    params, start = {}, 0
+    for name, shape in spec.param_shapes.items():
+        size = math.prod(shape)
+        values = unit[start:start + size] * (2 * bound) - bound
+        params[name] = jnp.maximum(-bound, values).reshape(shape)
+        start += size
+    return params
+
+
+def torch_default_init(spec: Layer, key: jax.Array, dtype=jnp.float32) -> Params:
+    """``spec``'s params drawn as PyTorch's ``reset_parameters`` does (module
+    docstring), from one ``jax.random.uniform`` draw (`init_from_unit`)."""
+    return init_from_unit(spec, jax.random.uniform(key, (param_count(spec),), dtype))
 
 
 class Linear(NamedTuple):
@@ -64,12 +86,12 @@ class Linear(NamedTuple):
     def torch_weight_shape(self) -> tuple[int, ...]:
         return (self.out_features, self.in_features)
 
+    @property
+    def param_shapes(self) -> dict[str, tuple[int, ...]]:
+        return {"kernel": (self.in_features, self.out_features), "bias": (self.out_features,)}
+
     def init(self, key: jax.Array, dtype=jnp.float32) -> Params:
-        kernel_key, bias_key = jax.random.split(key)
-        return {
-            "kernel": _torch_uniform(kernel_key, (self.in_features, self.out_features), self.fan_in, dtype),
-            "bias": _torch_uniform(bias_key, (self.out_features,), self.fan_in, dtype),
-        }
+        return torch_default_init(self, key, dtype)
 
     def kernel_from_torch(self, weight: np.ndarray) -> np.ndarray:
         if self.torch_input_chw is not None:
@@ -106,13 +128,13 @@ class Conv2d(NamedTuple):
     def torch_weight_shape(self) -> tuple[int, ...]:
         return (self.out_channels, self.in_channels, self.kernel_size, self.kernel_size)
 
-    def init(self, key: jax.Array, dtype=jnp.float32) -> Params:
-        kernel_key, bias_key = jax.random.split(key)
+    @property
+    def param_shapes(self) -> dict[str, tuple[int, ...]]:
         k = self.kernel_size
-        return {
-            "kernel": _torch_uniform(kernel_key, (k, k, self.in_channels, self.out_channels), self.fan_in, dtype),
-            "bias": _torch_uniform(bias_key, (self.out_channels,), self.fan_in, dtype),
-        }
+        return {"kernel": (k, k, self.in_channels, self.out_channels), "bias": (self.out_channels,)}
+
+    def init(self, key: jax.Array, dtype=jnp.float32) -> Params:
+        return torch_default_init(self, key, dtype)
 
     def kernel_from_torch(self, weight: np.ndarray) -> np.ndarray:
         return weight.transpose(2, 3, 1, 0)

@@ -15,6 +15,7 @@ batches ``(B, H, W, C)``; the MLPs also take flat ``(B, H*W*C)`` batches.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from typing import Callable, Literal
 
@@ -56,10 +57,15 @@ class Model:
     dropout: tuple[float, ...] = ()
 
     def init(self, key: jax.Array, dtype=jnp.float32) -> Params:
-        """Draws every layer from PyTorch's default init; returns a nested dict."""
+        """Draws every layer from PyTorch's default init; returns a nested dict.
+
+        One ``jax.random.uniform`` draw of `param_count` numbers from ``key``,
+        cut in layer order (`funcnets.layers.init_from_unit`), in one jitted
+        program per model and dtype: XLA:CPU compiles each random draw on its
+        own, about 0.4 s apiece, so a draw per tensor cost the CNNs 4-6 s
+        before their first step."""
         _check_key(key, "key")
-        keys = jax.random.split(key, len(self.layers))
-        return {name: spec.init(k, dtype) for (name, spec), k in zip(self.layers, keys)}
+        return _init_params(self, key, jnp.dtype(dtype))
 
     def apply(self, params: Params, x: jax.Array, *, train: bool = False,
               rng: jax.Array | None = None) -> jax.Array:
@@ -74,8 +80,7 @@ class Model:
 
     @property
     def param_count(self) -> int:
-        return sum(math.prod(spec.torch_weight_shape) + spec.torch_weight_shape[0]
-                   for _, spec in self.layers)
+        return sum(layers.param_count(spec) for _, spec in self.layers)
 
     @property
     def accepts_flat_input(self) -> bool:
@@ -103,6 +108,17 @@ class Model:
         if len(shape) == 4 and shape[1] == self.input_shape[-1] and shape[-1] != self.input_shape[-1]:
             hint = " (this looks like NCHW; funcnets takes NHWC: x.transpose(0, 2, 3, 1))"
         raise ValueError(f"{self.name}: {argument} must have shape {expected}, got {tuple(shape)}{hint}")
+
+
+@functools.partial(jax.jit, static_argnums=(0, 2))
+def _init_params(model: Model, key: jax.Array, dtype) -> Params:
+    unit = jax.random.uniform(key, (model.param_count,), dtype)
+    params, start = {}, 0
+    for name, spec in model.layers:
+        size = layers.param_count(spec)
+        params[name] = layers.init_from_unit(spec, unit[start:start + size])
+        start += size
+    return params
 
 
 def _check_key(key, argument: str) -> None:

@@ -186,3 +186,26 @@ def test_max_pool_matches_torch_forward_and_backward_with_ties(shape, x64):
     pooled_torch.backward(torch.tensor(grad.transpose(0, 3, 1, 2)))
     np.testing.assert_array_equal(np.asarray(pooled), pooled_torch.detach().numpy().transpose(0, 2, 3, 1))
     np.testing.assert_array_equal(np.asarray(grad_x), x_torch.grad.numpy().transpose(0, 2, 3, 1))
+
+
+def test_init_is_one_draw_cut_in_layer_order_and_one_program():
+    """``model.init`` draws ``param_count`` uniforms once and cuts them kernel,
+    bias, layer by layer (one random program to compile, not one per tensor)."""
+    from funcnets import models
+
+    model = fn.models.get("simple_net")
+    key = jax.random.key(11)
+    params = model.init(key)
+    unit = jax.random.uniform(key, (model.param_count,))
+    start = 0
+    for name, spec in model.layers:
+        size = fn.layers.param_count(spec)
+        expected = fn.layers.init_from_unit(spec, unit[start:start + size])
+        for leaf in ("kernel", "bias"):
+            # equal to float32 rounding: the jitted init may fuse 2b*u - b into one multiply-add
+            np.testing.assert_allclose(params[name][leaf], expected[leaf], rtol=0, atol=1e-7)
+        start += size
+    assert start == model.param_count
+    before = models._init_params._cache_size()
+    model.init(jax.random.key(12))
+    assert models._init_params._cache_size() == before   # a new key reuses the compiled program
