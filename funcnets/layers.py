@@ -217,8 +217,18 @@ _max_pool.defvjp(_max_pool_forward, _max_pool_backward)
 
 def dropout(x: jax.Array, rate: float, rng: jax.Array | None, train: bool) -> jax.Array:
     """Inverted dropout as ``nn.Dropout(rate)``: zero with probability ``rate``,
-    scale survivors by ``1 / (1 - rate)``; the identity when not training."""
+    scale survivors by ``1 / (1 - rate)``; the identity when not training.
+    The mask is `dropout_from_unit`'s from ``x.size`` uniforms drawn from ``rng``."""
     if not train or rate == 0.0:
         return x
-    keep = jax.random.bernoulli(rng, 1.0 - rate, x.shape)
+    return dropout_from_unit(x, rate, jax.random.uniform(rng, (x.size,)))
+
+
+def dropout_from_unit(x: jax.Array, rate: float, unit: jax.Array) -> jax.Array:
+    """`dropout` (training) with its mask given as ``x.size`` draws of
+    ``U[0, 1)``: keep where ``unit < 1 - rate`` (``jax.random.bernoulli``'s
+    rule). Lets a net draw all its masks at once (`funcnets.models`)."""
+    if rate == 0.0:
+        return x
+    keep = unit.reshape(x.shape) < 1.0 - rate
     return jnp.where(keep, x / (1.0 - rate), jnp.zeros_like(x))

@@ -172,6 +172,25 @@ def test_dropout_differs_between_keys_but_not_at_eval():
     assert np.array_equal(off.apply(params, x, train=True, rng=jax.random.key(2)), model.apply(params, x))
 
 
+def test_mnist_cnn_draws_both_dropout_masks_at_once():
+    """One uniform draw of (B, 12, 12, 64) + (B, 128) numbers: the first part masks
+    the pooled features at rate 0.25, the rest fc1's outputs at rate 0.5."""
+    model = fn.models.get("mnist_cnn")
+    params = model.init(jax.random.key(0))
+    x = jax.random.normal(jax.random.key(1), (4, 28, 28, 1))
+    rng = jax.random.key(2)
+    unit = jax.random.uniform(rng, (4 * 12 * 12 * 64 + 4 * 128,))
+    first = 4 * 12 * 12 * 64
+    h = jax.nn.relu(fn.layers.conv2d(params["conv2"], jax.nn.relu(fn.layers.conv2d(params["conv1"], x))))
+    h = fn.layers.dropout_from_unit(fn.layers.max_pool2d(h), 0.25, unit[:first])
+    h = jax.nn.relu(fn.layers.linear(params["fc1"], h.reshape(4, -1)))
+    h = fn.layers.dropout_from_unit(h, 0.5, unit[first:])
+    expected = jax.nn.log_softmax(fn.layers.linear(params["fc2"], h), axis=-1)
+    np.testing.assert_allclose(model.apply(params, x, train=True, rng=rng), expected, rtol=1e-6, atol=1e-6)
+    kept = np.asarray(unit[:first] < 0.75).mean(), np.asarray(unit[first:] < 0.5).mean()
+    assert abs(kept[0] - 0.75) < 0.01 and abs(kept[1] - 0.5) < 0.05, kept
+
+
 @pytest.mark.parametrize("shape", [(2, 7, 9, 3), (1, 4, 4, 1), (3, 13, 13, 2)])
 def test_max_pool_matches_torch_forward_and_backward_with_ties(shape, x64):
     """Small integers make many ties: PyTorch sends a window's gradient to its first
