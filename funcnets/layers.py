@@ -50,13 +50,15 @@ def init_from_unit(spec: Layer, unit: jax.Array) -> Params:
     with ``b = 1/sqrt(fan_in)``, the map of ``jax.random.uniform(minval=-b,
     maxval=b)``."""
     bound = 1.0 / math.sqrt(spec.fan_in)
-    params, start = {}, 0
-    for name, shape in spec.param_shapes.items():
-        size = math.prod(shape)
-        values = unit[start:start + size] * (2 * bound) - bound
-        params[name] = jnp.maximum(-bound, values).reshape(shape)
-        start += size
-    return params
+    shapes = spec.param_shapes
+    pieces = split_sizes(unit, [math.prod(shape) for shape in shapes.values()])
+    return {name: jnp.maximum(-bound, piece * (2 * bound) - bound).reshape(shape)
+            for (name, shape), piece in zip(shapes.items(), pieces)}
+
+
+def split_sizes(unit: jax.Array, sizes: list[int]) -> list[jax.Array]:
+    """``unit`` (1-D, ``sum(sizes)`` long) cut into consecutive pieces of ``sizes``."""
+    return jnp.split(unit, np.cumsum(sizes)[:-1])
 
 
 def torch_default_init(spec: Layer, key: jax.Array, dtype=jnp.float32) -> Params:
