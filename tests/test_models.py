@@ -228,3 +228,52 @@ def test_init_is_one_draw_cut_in_layer_order_and_one_program():
     before = models._init_params._cache_size()
     model.init(jax.random.key(12))
     assert models._init_params._cache_size() == before   # a new key reuses the compiled program
+
+
+@pytest.mark.parametrize("shape, kernel_size", [((3, 4, 4, 5), 3), ((2, 7, 6, 3), 3)])
+def test_conv2d_values_and_gradients_match_torch(shape, kernel_size, x64):
+    """Both of conv2d's ways, against ``F.conv2d`` in float64: an output smaller
+    than the kernel (4x4 -> 2x2, as cifar_cnn's conv4) runs as a matmul over
+    `patches`, the rest through XLA's convolution; the bias gradient is
+    `add_bias`'s matrix-vector product."""
+    rng = np.random.default_rng(0)
+    in_channels, out_channels = shape[-1], 4
+    x = rng.normal(size=shape)
+    kernel = rng.normal(size=(kernel_size, kernel_size, in_channels, out_channels))
+    bias = rng.normal(size=out_channels)
+    params = {"kernel": jnp.asarray(kernel), "bias": jnp.asarray(bias)}
+    y, vjp = jax.vjp(fn.layers.conv2d, params, jnp.asarray(x))
+    grad = rng.normal(size=y.shape)
+    grad_params, grad_x = vjp(jnp.asarray(grad))
+
+    x_t = torch.tensor(x.transpose(0, 3, 1, 2), requires_grad=True)
+    weight_t = torch.tensor(kernel.transpose(3, 2, 0, 1), requires_grad=True)
+    bias_t = torch.tensor(bias, requires_grad=True)
+    y_t = torch.nn.functional.conv2d(x_t, weight_t, bias_t)
+    y_t.backward(torch.tensor(grad.transpose(0, 3, 1, 2)))
+    np.testing.assert_allclose(y, y_t.detach().numpy().transpose(0, 2, 3, 1), rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(grad_x, x_t.grad.numpy().transpose(0, 2, 3, 1), rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(grad_params["kernel"], weight_t.grad.numpy().transpose(2, 3, 1, 0),
+                               rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(grad_params["bias"], bias_t.grad.numpy(), rtol=1e-12, atol=1e-12)
+
+
+def test_patches_are_conv2d_windows_in_kernel_order(x64):
+    x = jnp.asarray(np.random.default_rng(1).normal(size=(2, 6, 5, 3)))
+    kernel = jnp.asarray(np.random.default_rng(2).normal(size=(3, 2, 3, 4)))
+    windows = fn.layers.patches(x, 3, 2)
+    assert windows.shape == (2, 4, 4, 3 * 2 * 3)
+    direct = jax.lax.conv_general_dilated(x, kernel, (1, 1), "VALID", dimension_numbers=("NHWC", "HWIO", "NHWC"))
+    np.testing.assert_allclose(windows @ kernel.reshape(-1, 4), direct, rtol=1e-12, atol=1e-12)
+
+
+def test_add_bias_gradient_keeps_bfloat16_and_sums_exactly():
+    """A bfloat16 activation's bias gradient is bfloat16, summed at float32
+    precision (asked for with ``preferred_element_type``): 32,768 ones summed
+    in bfloat16 would stall at 256."""
+    y = jnp.zeros((128, 16, 16, 1), jnp.bfloat16)
+    bias = jnp.zeros((1,), jnp.bfloat16)
+    _, vjp = jax.vjp(fn.layers.add_bias, y, bias)
+    grad_y, grad_bias = vjp(jnp.ones_like(y))
+    assert grad_bias.dtype == jnp.bfloat16 and grad_y.dtype == jnp.bfloat16
+    assert float(grad_bias[0]) == 32_768.0   # 2**15, exact in bfloat16
