@@ -58,6 +58,9 @@ def init_from_unit(spec: Layer, unit: jax.Array) -> Params:
 
 def split_sizes(unit: jax.Array, sizes: list[int]) -> list[jax.Array]:
     """``unit`` (1-D, ``sum(sizes)`` long) cut into consecutive pieces of ``sizes``."""
+    if unit.ndim != 1 or unit.shape[0] != sum(sizes):
+        raise ValueError(f"split_sizes: unit must be 1-D with sum(sizes) = {sum(sizes)} numbers, "
+                         f"got shape {tuple(unit.shape)}")
     return jnp.split(unit, np.cumsum(sizes)[:-1])
 
 
@@ -182,6 +185,9 @@ def patches(x: jax.Array, kh: int, kw: int) -> jax.Array:
     output position flattened in HWIO order (row ``i``, column ``j``, channel
     ``c`` at ``(i*kw + j)*C + c``), so ``patches(x) @ kernel.reshape(-1, Cout)``
     is ``conv2d`` without the bias."""
+    if x.ndim != 4 or not (1 <= kh <= x.shape[1] and 1 <= kw <= x.shape[2]):
+        raise ValueError(f"patches: x must be (B, H, W, C) with H >= kh = {kh} >= 1 and "
+                         f"W >= kw = {kw} >= 1, got shape {tuple(x.shape)}")
     ho, wo = x.shape[1] - kh + 1, x.shape[2] - kw + 1
     return jnp.concatenate([x[:, i:i + ho, j:j + wo, :] for i in range(kh) for j in range(kw)], axis=-1)
 
@@ -194,6 +200,9 @@ def add_bias(y: jax.Array, bias: jax.Array) -> jax.Array:
     least float32): XLA:CPU's reductions run at about 2 ns an element, 7x
     slower than its matrix-vector product, and the conv biases' gradients
     took 2.7 ms of a 19 ms ``cifar_cnn`` step."""
+    if bias.shape != y.shape[-1:]:
+        raise ValueError(f"add_bias: bias must have shape ({y.shape[-1]},) to match y's last axis, "
+                         f"got {tuple(bias.shape)} for y of shape {tuple(y.shape)}")
     return y + bias.reshape((1,) * (y.ndim - 1) + bias.shape)
 
 
@@ -279,6 +288,8 @@ def dropout_from_unit(x: jax.Array, rate: float, unit: jax.Array) -> jax.Array:
     """`dropout` (training) with its mask given as ``x.size`` draws of
     ``U[0, 1)``: keep where ``unit < 1 - rate`` (``jax.random.bernoulli``'s
     rule). Lets a net draw all its masks at once (`funcnets.models`)."""
+    if unit.size != x.size:
+        raise ValueError(f"dropout_from_unit: unit must hold x.size = {x.size} draws, got {unit.size}")
     if rate == 0.0:
         return x
     keep = unit.reshape(x.shape) < 1.0 - rate

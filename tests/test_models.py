@@ -277,3 +277,27 @@ def test_add_bias_gradient_keeps_bfloat16_and_sums_exactly():
     grad_y, grad_bias = vjp(jnp.ones_like(y))
     assert grad_bias.dtype == jnp.bfloat16 and grad_y.dtype == jnp.bfloat16
     assert float(grad_bias[0]) == 32_768.0   # 2**15, exact in bfloat16
+
+
+@pytest.mark.parametrize("call, match", [
+    (lambda: fn.layers.split_sizes(jnp.zeros(10), [3, 4]), "sum\\(sizes\\) = 7"),
+    (lambda: fn.layers.split_sizes(jnp.zeros((2, 5)), [5, 5]), "1-D"),
+    (lambda: fn.layers.patches(jnp.zeros((2, 4, 4, 3)), 5, 3), "H >= kh = 5"),
+    (lambda: fn.layers.patches(jnp.zeros((4, 4, 3)), 3, 3), "\\(B, H, W, C\\)"),
+    (lambda: fn.layers.add_bias(jnp.zeros((2, 3, 3, 8)), jnp.zeros(4)), "bias must have shape \\(8,\\)"),
+    (lambda: fn.layers.dropout_from_unit(jnp.zeros((2, 5)), 0.5, jnp.zeros(9)), "x.size = 10"),
+])
+def test_layer_helpers_reject_mismatched_shapes(call, match):
+    with pytest.raises(ValueError, match=match):
+        call()
+
+
+def test_dropout_draws_its_own_mask_and_is_the_identity_at_eval():
+    x = jnp.ones((200, 50))
+    key = jax.random.key(3)
+    assert fn.layers.dropout(x, 0.5, key, train=False) is x
+    dropped = fn.layers.dropout(x, 0.25, key, train=True)
+    expected = fn.layers.dropout_from_unit(x, 0.25, jax.random.uniform(key, (x.size,)))
+    np.testing.assert_array_equal(dropped, expected)
+    assert set(np.unique(np.asarray(dropped))) == {0.0, np.float32(1 / 0.75)}
+    assert abs(float((dropped > 0).mean()) - 0.75) < 0.02
