@@ -323,14 +323,11 @@ def main(argv: list[str] | None = None) -> pathlib.Path:
         pathlib.Path(args.one_model_json).write_text(json.dumps(result))
         return pathlib.Path(args.one_model_json)
 
-    from experiments.tutorial import environment
+    from experiments.tutorial import check_host_malloc, environment
     from funcnets import host_memory
 
     if not args.system_malloc:
-        try:
-            host_memory.reason_to_leave_malloc_alone()  # a bad FUNCNETS_HOST_MALLOC fails here, not in each child
-        except ValueError as error:
-            p.error(str(error))
+        check_host_malloc(p)  # a bad FUNCNETS_HOST_MALLOC fails here, not in each child
     out = pathlib.Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     peak = gemm_peak()

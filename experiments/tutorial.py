@@ -154,6 +154,15 @@ def optimizer_kwargs(tutorial: Tutorial, args) -> dict[str, Any]:
     return kwargs
 
 
+def check_host_malloc(p: argparse.ArgumentParser) -> None:
+    """``p.error`` (exit 2) for a ``FUNCNETS_HOST_MALLOC`` value funcnets does not
+    know, before any data is loaded (`funcnets.host_memory`)."""
+    try:
+        fn.host_memory.reason_to_leave_malloc_alone()
+    except ValueError as error:
+        p.error(str(error))
+
+
 def check_args(tutorial: Tutorial, args, p: argparse.ArgumentParser) -> None:
     """Errors argparse cannot see, before any data is loaded (and --dry-run's epoch cap)."""
     try:
@@ -168,10 +177,7 @@ def check_args(tutorial: Tutorial, args, p: argparse.ArgumentParser) -> None:
         p.error("--bf16 computes in bfloat16 with float32 params; it does not go with --float64")
     if args.compile_cache != "off" and os.path.exists(args.compile_cache) and not os.path.isdir(args.compile_cache):
         p.error(f"--compile-cache {args.compile_cache}: is a file, not a folder (or 'off')")
-    try:
-        fn.host_memory.reason_to_leave_malloc_alone()   # read on the first CPU step; a typo fails here
-    except ValueError as error:
-        p.error(str(error))
+    check_host_malloc(p)   # read on the first CPU step; a typo fails here
     if args.dry_run:
         args.epochs = min(args.epochs, 2)
     if args.framework == "torch":
