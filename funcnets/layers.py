@@ -161,23 +161,104 @@ def conv2d(params: Params, x: jax.Array) -> jax.Array:
 
         y[b, h, w, o] = bias[o] + sum_{i, j, c} x[b, h+i, w+j, c] * kernel[i, j, c, o]
 
-    A layer whose output is smaller than its kernel in both spatial dims
-    (``cifar_cnn``'s conv4: 4x4 in, 2x2 out, 3x3 kernel) runs as one matmul
-    over its `patches` (im2col) instead of XLA's convolution: for that shape
-    XLA:CPU computes the input gradient as a convolution with the operands
-    swapped, batch last, which took 2.5 ms of a 19 ms ``cifar_cnn`` step;
-    the matmul's gradients are matmuls. The bias is added by `add_bias`.
+    Two shapes leave XLA's convolution:
+
+    - one input channel (``mnist_cnn``'s conv1): `single_channel_conv2d`, the
+      ``kh*kw`` shifted windows' weighted sum;
+    - an output smaller than the kernel in both spatial dims (``cifar_cnn``'s
+      conv4: 4x4 in, 2x2 out, 3x3 kernel): one matmul over its `patches`
+      (im2col). For that shape XLA:CPU computes the input gradient as a
+      convolution with the operands swapped, batch last, which took 2.5 ms
+      of a 19 ms ``cifar_cnn`` step; the matmul's gradients are matmuls.
+
+    Otherwise the bias is added by `add_bias`.
     """
     kernel = params["kernel"]
     kh, kw, in_channels, out_channels = kernel.shape
+    if in_channels == 1:
+        return single_channel_conv2d(x, kernel, params["bias"])
     if x.shape[1] - kh + 1 < kh and x.shape[2] - kw + 1 < kw:
         y = patches(x, kh, kw) @ kernel.reshape(kh * kw * in_channels, out_channels)
     else:
-        y = jax.lax.conv_general_dilated(
-            x, kernel, window_strides=(1, 1), padding="VALID",
-            dimension_numbers=("NHWC", "HWIO", "NHWC"),
-        )
+        y = _xla_conv2d(x, kernel)
     return add_bias(y, params["bias"])
+
+
+def _xla_conv2d(x: jax.Array, kernel: jax.Array) -> jax.Array:
+    return jax.lax.conv_general_dilated(x, kernel, window_strides=(1, 1), padding="VALID",
+                                        dimension_numbers=("NHWC", "HWIO", "NHWC"))
+
+
+@jax.custom_vjp
+def single_channel_conv2d(x: jax.Array, kernel: jax.Array, bias: jax.Array) -> jax.Array:
+    """`conv2d` of a one-channel input, ``(B, H, W, 1) -> (B, Ho, Wo, Cout)``, as
+    the weighted sum of its ``kh*kw`` shifted windows ``x_ij = x[:, i:i+Ho, j:j+Wo, :]``::
+
+        y = bias + sum_{i, j} x_ij * kernel[i, j, 0]          (broadcast over Cout)
+
+    one elementwise pass that XLA fuses with the ReLU after it. Gradients, for
+    an output gradient ``g`` flattened to ``G (B*Ho*Wo, Cout)``::
+
+        [kernel; bias] grad = [X; 1] @ G      X: (kh*kw, B*Ho*Wo), row i*kw+j = x_ij
+
+    one matmul for both (the last row of ones sums ``g`` for the bias,
+    accumulated in at least float32); the input's gradient is XLA's, and is
+    not computed when nothing needs it (a net's first layer).
+
+    Why: XLA:CPU's convolution packs 9-long im2col rows for this shape, and
+    its weight gradient transposes the output gradient first. In ``mnist_cnn``
+    (single-threaded profile of the step) the forward, the ReLU, the weight
+    and bias gradients took 13.5 ms of 135 and take 8.5 this way; the
+    two-core step went from 71.0 to 67.2 ms (interleaved A/B, median of 30
+    windows). With three input channels (``cifar_cnn``'s conv1, 27 strided
+    windows) the same way was slower (19.1 -> 23.4 ms), so it is kept to one.
+    """
+    _check_single_channel(x, kernel, bias)
+    return _single_channel_forward(x, kernel, bias)
+
+
+def _check_single_channel(x, kernel, bias):
+    kh, kw, in_channels, out_channels = kernel.shape
+    if in_channels != 1 or x.ndim != 4 or x.shape[-1] != 1:
+        raise ValueError(f"single_channel_conv2d: x must be (B, H, W, 1) and kernel (kh, kw, 1, Cout), "
+                         f"got x {tuple(x.shape)} and kernel {tuple(kernel.shape)}")
+    if bias.shape != (out_channels,):
+        raise ValueError(f"single_channel_conv2d: bias must have shape ({out_channels},), got {tuple(bias.shape)}")
+    if not (kh <= x.shape[1] and kw <= x.shape[2]):
+        raise ValueError(f"single_channel_conv2d: a {kh}x{kw} kernel does not fit x of shape {tuple(x.shape)}")
+
+
+def _windows_of(x, kh, kw):
+    ho, wo = x.shape[1] - kh + 1, x.shape[2] - kw + 1
+    return [x[:, i:i + ho, j:j + wo, :] for i in range(kh) for j in range(kw)]
+
+
+def _single_channel_forward(x, kernel, bias):
+    kh, kw, _, out_channels = kernel.shape
+    taps = kernel.reshape(kh * kw, 1, 1, 1, out_channels)
+    y = bias.reshape(1, 1, 1, out_channels)
+    for tap, window in zip(taps, _windows_of(x, kh, kw)):
+        y = y + window * tap
+    return y
+
+
+def _single_channel_vjp_forward(x, kernel, bias):
+    return single_channel_conv2d(x, kernel, bias), (x, kernel, bias)
+
+
+def _single_channel_vjp_backward(saved, grad):
+    x, kernel, bias = saved
+    kh, kw, _, out_channels = kernel.shape
+    windows = _windows_of(x, kh, kw)
+    rows = jnp.stack([*windows, jnp.ones_like(windows[0])]).reshape(kh * kw + 1, -1)
+    accumulate = jnp.promote_types(grad.dtype, jnp.float32)
+    kernel_and_bias = jax.lax.dot(rows, grad.reshape(-1, out_channels), preferred_element_type=accumulate)
+    grad_x = jax.vjp(lambda x: _xla_conv2d(x, kernel), x)[1](grad)[0]
+    return (grad_x, kernel_and_bias[:-1].reshape(kernel.shape).astype(kernel.dtype),
+            kernel_and_bias[-1].astype(bias.dtype))
+
+
+single_channel_conv2d.defvjp(_single_channel_vjp_forward, _single_channel_vjp_backward)
 
 
 def patches(x: jax.Array, kh: int, kw: int) -> jax.Array:

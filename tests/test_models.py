@@ -230,12 +230,15 @@ def test_init_is_one_draw_cut_in_layer_order_and_one_program():
     assert models._init_params._cache_size() == before   # a new key reuses the compiled program
 
 
-@pytest.mark.parametrize("shape, kernel_size", [((3, 4, 4, 5), 3), ((2, 7, 6, 3), 3)])
+@pytest.mark.parametrize("shape, kernel_size", [((3, 4, 4, 5), 3), ((2, 7, 6, 3), 3),
+                                                 ((3, 7, 6, 1), 3), ((2, 5, 4, 1), 2)])
 def test_conv2d_values_and_gradients_match_torch(shape, kernel_size, x64):
-    """Both of conv2d's ways, against ``F.conv2d`` in float64: an output smaller
+    """Each of conv2d's ways, against ``F.conv2d`` in float64: an output smaller
     than the kernel (4x4 -> 2x2, as cifar_cnn's conv4) runs as a matmul over
-    `patches`, the rest through XLA's convolution; the bias gradient is
-    `add_bias`'s matrix-vector product."""
+    `patches`, one input channel (mnist_cnn's conv1) as `single_channel_conv2d`'s
+    sum of shifted windows, the rest through XLA's convolution; the bias
+    gradient is `add_bias`'s matrix-vector product or, with one input channel,
+    a row of the kernel gradient's matmul."""
     rng = np.random.default_rng(0)
     in_channels, out_channels = shape[-1], 4
     x = rng.normal(size=shape)
@@ -285,6 +288,12 @@ def test_add_bias_gradient_keeps_bfloat16_and_sums_exactly():
     (lambda: fn.layers.patches(jnp.zeros((2, 4, 4, 3)), 5, 3), "H >= kh = 5"),
     (lambda: fn.layers.patches(jnp.zeros((4, 4, 3)), 3, 3), "\\(B, H, W, C\\)"),
     (lambda: fn.layers.add_bias(jnp.zeros((2, 3, 3, 8)), jnp.zeros(4)), "bias must have shape \\(8,\\)"),
+    (lambda: fn.layers.single_channel_conv2d(jnp.zeros((2, 5, 5, 3)), jnp.zeros((3, 3, 1, 4)), jnp.zeros(4)),
+     "x must be \\(B, H, W, 1\\)"),
+    (lambda: fn.layers.single_channel_conv2d(jnp.zeros((2, 5, 5, 1)), jnp.zeros((3, 3, 1, 4)), jnp.zeros(3)),
+     "bias must have shape \\(4,\\)"),
+    (lambda: fn.layers.single_channel_conv2d(jnp.zeros((2, 2, 5, 1)), jnp.zeros((3, 3, 1, 4)), jnp.zeros(4)),
+     "does not fit"),
     (lambda: fn.layers.dropout_from_unit(jnp.zeros((2, 5)), 0.5, jnp.zeros(9)), "x.size = 10"),
 ])
 def test_layer_helpers_reject_mismatched_shapes(call, match):
