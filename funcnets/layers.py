@@ -34,6 +34,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.extend.random import threefry_2x32
 
 Params = dict[str, jax.Array]
 
@@ -359,10 +360,32 @@ _max_pool.defvjp(_max_pool_forward, _max_pool_backward)
 def dropout(x: jax.Array, rate: float, rng: jax.Array | None, train: bool) -> jax.Array:
     """Inverted dropout as ``nn.Dropout(rate)``: zero with probability ``rate``,
     scale survivors by ``1 / (1 - rate)``; the identity when not training.
-    The mask is `dropout_from_unit`'s from ``x.size`` uniforms drawn from ``rng``."""
+    The mask is `dropout_from_unit`'s from ``x.size`` `uniform_draws` of ``rng``."""
     if not train or rate == 0.0:
         return x
-    return dropout_from_unit(x, rate, jax.random.uniform(rng, (x.size,)))
+    return dropout_from_unit(x, rate, uniform_draws(rng, x.size))
+
+
+def uniform_draws(rng: jax.Array, n: int) -> jax.Array:
+    """``n`` float32 draws of ``U[0, 1)`` from ``rng``, for dropout masks.
+
+    With a Threefry key (JAX's default) the 32-bit words are the Threefry-2x32
+    hash of the counters ``0 .. n-1`` taken as ``n/2`` pairs
+    (``jax.extend.random.threefry_2x32``), and each word becomes a float as
+    ``jax.random.uniform`` makes one: its top 23 bits as the mantissa of a
+    number in ``[1, 2)``, minus 1. ``jax.random.uniform`` itself (partitionable
+    Threefry, JAX's default since 0.5) hashes every counter and keeps the XOR
+    of the two words, twice the hashing: for ``mnist_cnn``'s 598,016 mask draws
+    a step that way took 61.6 ms against 57.9 ms this way (interleaved A/B,
+    median of 30 windows; 120 -> 114 core-ms). Other key kinds (``rbg``) use
+    ``jax.random.uniform``. The draws depend only on ``rng`` and ``n``, not on
+    how the arrays are sharded.
+    """
+    if str(jax.random.key_impl(rng)) != "threefry2x32":
+        return jax.random.uniform(rng, (n,), jnp.float32)
+    bits = threefry_2x32(jax.random.key_data(rng), jax.lax.iota(jnp.uint32, n))
+    one_to_two = jax.lax.bitcast_convert_type((bits >> 9) | jnp.uint32(0x3F800000), jnp.float32)
+    return one_to_two - 1.0
 
 
 def dropout_from_unit(x: jax.Array, rate: float, unit: jax.Array) -> jax.Array:

@@ -154,7 +154,7 @@ def _mnist_cnn(params, x, *, train, rng, dropout):
         # compiles each draw's Threefry on its own, so this is 1.1 s less compile
         # than a split and two draws, for the same step time.
         sizes = [x.size, x.shape[0] * params["fc1"]["kernel"].shape[1]]
-        pooled_unit, fc1_unit = layers.split_sizes(jax.random.uniform(rng, (sum(sizes),)), sizes)
+        pooled_unit, fc1_unit = layers.split_sizes(layers.uniform_draws(rng, sum(sizes)), sizes)
         x = layers.dropout_from_unit(x, dropout[0], pooled_unit)
     x = jax.nn.relu(layers.linear(params["fc1"], _flatten(x)))
     if masked:

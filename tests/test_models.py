@@ -4,6 +4,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from jax.extend.random import threefry_2x32
 
 import funcnets as fn
 
@@ -179,7 +180,7 @@ def test_mnist_cnn_draws_both_dropout_masks_at_once():
     params = model.init(jax.random.key(0))
     x = jax.random.normal(jax.random.key(1), (4, 28, 28, 1))
     rng = jax.random.key(2)
-    unit = jax.random.uniform(rng, (4 * 12 * 12 * 64 + 4 * 128,))
+    unit = fn.layers.uniform_draws(rng, 4 * 12 * 12 * 64 + 4 * 128)
     first = 4 * 12 * 12 * 64
     h = jax.nn.relu(fn.layers.conv2d(params["conv2"], jax.nn.relu(fn.layers.conv2d(params["conv1"], x))))
     h = fn.layers.dropout_from_unit(fn.layers.max_pool2d(h), 0.25, unit[:first])
@@ -301,12 +302,32 @@ def test_layer_helpers_reject_mismatched_shapes(call, match):
         call()
 
 
+@pytest.mark.parametrize("n", [1, 7, 10_000])
+def test_uniform_draws_are_threefry_words_as_floats_in_0_1(n):
+    """With a Threefry key: the hash of the counters 0..n-1 in pairs, each word's
+    top 23 bits as jax.random.uniform maps them; legacy raw keys give the same;
+    an rbg key falls back to jax.random.uniform."""
+    key = jax.random.key(5)
+    draws = fn.layers.uniform_draws(key, n)
+    words = np.asarray(threefry_2x32(jax.random.key_data(key), jnp.arange(n, dtype=jnp.uint32)))
+    assert draws.dtype == jnp.float32 and draws.shape == (n,)
+    np.testing.assert_array_equal(draws, (words >> 9).astype(np.float32) / 2.0**23)
+    np.testing.assert_array_equal(fn.layers.uniform_draws(jax.random.PRNGKey(5), n), draws)
+    np.testing.assert_array_equal(jax.jit(fn.layers.uniform_draws, static_argnums=1)(key, n), draws)
+    rbg = jax.random.key(5, impl="rbg")
+    np.testing.assert_array_equal(fn.layers.uniform_draws(rbg, n), jax.random.uniform(rbg, (n,)))
+    if n == 10_000:
+        assert 0.0 <= float(draws.min()) and float(draws.max()) < 1.0
+        assert abs(float(draws.mean()) - 0.5) < 0.01 and abs(float((draws < 0.25).mean()) - 0.25) < 0.015
+        assert not np.array_equal(fn.layers.uniform_draws(jax.random.key(6), n), draws)
+
+
 def test_dropout_draws_its_own_mask_and_is_the_identity_at_eval():
     x = jnp.ones((200, 50))
     key = jax.random.key(3)
     assert fn.layers.dropout(x, 0.5, key, train=False) is x
     dropped = fn.layers.dropout(x, 0.25, key, train=True)
-    expected = fn.layers.dropout_from_unit(x, 0.25, jax.random.uniform(key, (x.size,)))
+    expected = fn.layers.dropout_from_unit(x, 0.25, fn.layers.uniform_draws(key, x.size))
     np.testing.assert_array_equal(dropped, expected)
     assert set(np.unique(np.asarray(dropped))) == {0.0, np.float32(1 / 0.75)}
     assert abs(float((dropped > 0).mean()) - 0.75) < 0.02
