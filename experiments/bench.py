@@ -26,7 +26,9 @@ ends with a sync (``block_until_ready``; PyTorch on CPU is synchronous). A
 window is a whole epoch for the MLPs and ``--cnn-window`` steps for the CNNs,
 scaled to an epoch (the steps are alike, so the time is linear in them).
 Reported: median time per epoch, samples/s, the ratio to each PyTorch
-variant, the first-step (compile) time, and the fraction of the machine's
+variant (paired: in each round, the other's window time over this one's;
+the median over rounds, with its range, so drift between rounds cancels),
+the first-step (compile) time, and the fraction of the machine's
 float32 GEMM peak (measured in the same run, best of JAX and PyTorch on a
 2048^3 matmul) that the FLOPs XLA counts for the step reach.
 
@@ -260,6 +262,8 @@ def bench_model(name: str, *, repeats: int, cnn_window: int, torch_compile: bool
         epoch = statistics.median(samples) * scale
         rows[label] = {"epoch_seconds": epoch, "samples_per_second": steps_per_epoch * batch / epoch,
                        "first_step_seconds": first_steps[label], "spread": (max(samples) - min(samples)) * scale}
+    for label in rows:
+        rows[label]["speedups"] = paired_speedups(times, label)
     return {"model": name, "batch_size": batch, "optimizer": f"{optimizer}(lr={lr})", "window_steps": window,
             "steps_per_epoch": steps_per_epoch, "repeats": repeats, "flops_per_step": flops, "rows": rows,
             "notes": notes, "host_malloc": host_malloc, "dataset_mb": dataset_bytes / 2 ** 20,
@@ -268,8 +272,28 @@ def bench_model(name: str, *, repeats: int, cnn_window: int, torch_compile: bool
             "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
 
 
-def _speedup(other: float | None, ours: float) -> str:
-    return "-" if other is None else f"{other / ours:.2f}x"
+def paired_speedups(times: dict[str, list[float]], label: str) -> dict[str, dict[str, float]]:
+    """``label``'s speedup over each reference, round by round: in round ``r``
+    the reference's window time over ``label``'s (the two ran minutes apart at
+    most, so the machine's drift mostly cancels); the median over rounds and
+    the lowest and highest. ``torch well (best)`` is the thread count with the
+    lowest median time."""
+    wells = [name for name in times if name.startswith("torch well")]
+    best_well = min(wells, key=lambda name: statistics.median(times[name])) if wells else None
+    references = {"tutorial": "torch tutorial", "well": best_well,
+                  "compile": "torch.compile" if "torch.compile" in times else None}
+    speedups = {}
+    for key, reference in references.items():
+        if reference is None or reference not in times:
+            continue
+        ratios = [theirs / ours for theirs, ours in zip(times[reference], times[label])]
+        speedups[key] = {"median": statistics.median(ratios), "low": min(ratios), "high": max(ratios)}
+    return speedups
+
+
+def _speedup(row: dict, key: str) -> str:
+    ratio = row.get("speedups", {}).get(key)
+    return "-" if ratio is None else f"{ratio['median']:.2f}x"
 
 
 def markdown(results: list[dict], peak: dict, environment: dict) -> str:
@@ -282,9 +306,6 @@ def markdown(results: list[dict], peak: dict, environment: dict) -> str:
              "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for result in results:
         rows = result["rows"]
-        tutorial = rows["torch tutorial"]["epoch_seconds"]
-        well = min(r["epoch_seconds"] for k, r in rows.items() if k.startswith("torch well"))
-        compiled = rows.get("torch.compile", {}).get("epoch_seconds")
         for label, row in rows.items():
             flops = result["flops_per_step"]
             peak_share = (f"{100 * flops * result['steps_per_epoch'] / row['epoch_seconds'] / peak['peak']:.1f}"
@@ -292,11 +313,17 @@ def markdown(results: list[dict], peak: dict, environment: dict) -> str:
             lines.append(
                 f"| `{result['model']}` ({result['batch_size']}) | {label} | {row['epoch_seconds']:.2f} | "
                 f"{row['samples_per_second']:,.0f} | {row['first_step_seconds']:.2f} | "
-                f"{tutorial / row['epoch_seconds']:.2f}x | {well / row['epoch_seconds']:.2f}x | "
-                f"{_speedup(compiled, row['epoch_seconds'])} | {peak_share} |")
+                f"{_speedup(row, 'tutorial')} | {_speedup(row, 'well')} | "
+                f"{_speedup(row, 'compile')} | {peak_share} |")
         for label, note in result["notes"].items():
             lines.append(f"| `{result['model']}` ({result['batch_size']}) | {label} | {note} | | | | | | |")
-    lines += ["", "Ratios are speedups: the other's time per epoch / this row's (above 1: this row is faster). "
+    spreads = [f"`{r['model']}` {label} vs torch tutorial {row['speedups']['tutorial']['low']:.2f}-"
+               f"{row['speedups']['tutorial']['high']:.2f}x"
+               for r in results for label, row in r["rows"].items()
+               if label.startswith("funcnets") and "tutorial" in row.get("speedups", {})]
+    lines += ["", "Ratios are speedups, the other's window time over this row's (above 1: this row is "
+              "faster), taken round by round (each round runs every contestant once, one after another) "
+              "and reported as the median over rounds; their range over rounds: " + ", ".join(spreads) + ". "
               "Peak host memory per model process: " + ", ".join(
                   f"`{r['model']}` {r['peak_rss_mb']:.0f} MB (dataset {r['dataset_mb']:.0f} MB; funcnets holds "
                   f"{r['funcnets_live_dataset_copies']:.2f} copies live, the NumPy arrays and all its JAX arrays; "

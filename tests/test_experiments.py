@@ -263,3 +263,16 @@ def test_bench_runs_every_contestant_and_reports_ratios():
                            {"machine": "test", "jax": "x", "torch": "y"})
     assert f"Host memory, for every contestant alike: {result['host_malloc']}." in table
     assert table.count("| `mnist_mlp` (64) |") == len(result["rows"])
+
+
+def test_bench_speedups_pair_the_contestants_round_by_round():
+    """Drift between rounds cancels: a machine twice as slow in round 2 leaves
+    each round's ratio, and so the median, at the true 2x; the median of the
+    per-contestant medians would not see the pairing."""
+    times = {"funcnets loop": [1.0, 2.0, 1.0], "torch tutorial": [2.0, 4.0, 2.2],
+             "torch well (1 thread)": [3.0, 6.0, 3.0], "torch well (2 threads)": [1.5, 3.3, 1.5]}
+    speedups = bench.paired_speedups(times, "funcnets loop")
+    assert speedups["tutorial"] == {"median": 2.0, "low": 2.0, "high": 2.2}
+    assert speedups["well"] == {"median": 1.5, "low": 1.5, "high": 1.65}   # the 2-thread run: lower median
+    assert "compile" not in speedups
+    assert bench.paired_speedups(times, "torch tutorial")["tutorial"]["median"] == 1.0
