@@ -229,7 +229,8 @@ def _check_single_channel(x, kernel, bias):
         raise ValueError(f"single_channel_conv2d: a {kh}x{kw} kernel does not fit x of shape {tuple(x.shape)}")
 
 
-def _windows_of(x, kh, kw):
+def _shifted_windows(x: jax.Array, kh: int, kw: int) -> list[jax.Array]:
+    """``[x[:, i:i+Ho, j:j+Wo, :] for i < kh for j < kw]``, row-major in ``(i, j)``."""
     ho, wo = x.shape[1] - kh + 1, x.shape[2] - kw + 1
     return [x[:, i:i + ho, j:j + wo, :] for i in range(kh) for j in range(kw)]
 
@@ -238,7 +239,7 @@ def _single_channel_forward(x, kernel, bias):
     kh, kw, _, out_channels = kernel.shape
     taps = kernel.reshape(kh * kw, 1, 1, 1, out_channels)
     y = bias.reshape(1, 1, 1, out_channels)
-    for tap, window in zip(taps, _windows_of(x, kh, kw)):
+    for tap, window in zip(taps, _shifted_windows(x, kh, kw)):
         y = y + window * tap
     return y
 
@@ -250,7 +251,7 @@ def _single_channel_vjp_forward(x, kernel, bias):
 def _single_channel_vjp_backward(saved, grad):
     x, kernel, bias = saved
     kh, kw, _, out_channels = kernel.shape
-    windows = _windows_of(x, kh, kw)
+    windows = _shifted_windows(x, kh, kw)
     rows = jnp.stack([*windows, jnp.ones_like(windows[0])]).reshape(kh * kw + 1, -1)
     accumulate = jnp.promote_types(grad.dtype, jnp.float32)
     kernel_and_bias = jax.lax.dot(rows, grad.reshape(-1, out_channels), preferred_element_type=accumulate)
@@ -270,8 +271,7 @@ def patches(x: jax.Array, kh: int, kw: int) -> jax.Array:
     if x.ndim != 4 or not (1 <= kh <= x.shape[1] and 1 <= kw <= x.shape[2]):
         raise ValueError(f"patches: x must be (B, H, W, C) with H >= kh = {kh} >= 1 and "
                          f"W >= kw = {kw} >= 1, got shape {tuple(x.shape)}")
-    ho, wo = x.shape[1] - kh + 1, x.shape[2] - kw + 1
-    return jnp.concatenate([x[:, i:i + ho, j:j + wo, :] for i in range(kh) for j in range(kw)], axis=-1)
+    return jnp.concatenate(_shifted_windows(x, kh, kw), axis=-1)
 
 
 @jax.custom_vjp
