@@ -41,8 +41,8 @@ import numpy as np
 from jax.sharding import Mesh
 from tqdm.auto import tqdm
 
+from funcnets import layers
 from funcnets.checkpoint import Checkpointer, Progress
-from funcnets.models import _check_key
 from funcnets.optim import learning_rate_at
 from funcnets.parallel import check_batch_size
 from funcnets.training import (TrainState, _device_split, batch_index, epoch_order, evaluate, place_state,
@@ -133,7 +133,7 @@ def fit(state: TrainState, train: tuple, test: tuple | None = None, *, epochs: i
         raise ValueError(f"epochs must be a positive integer, got {epochs!r}")
     if not isinstance(log_every, int) or log_every < 1:
         raise ValueError(f"log_every must be a positive integer, got {log_every!r}")
-    _check_key(rng, "rng")
+    layers.check_key(rng, "rng")
     if resume and checkpointer is None:
         raise ValueError("resume=True needs a checkpointer")
     for argument, split in (("train", train), ("test", test)):

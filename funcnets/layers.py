@@ -366,6 +366,15 @@ def dropout(x: jax.Array, rate: float, rng: jax.Array | None, train: bool) -> ja
     return dropout_from_unit(x, rate, uniform_draws(rng, x.size))
 
 
+def check_key(key, argument: str) -> None:
+    """TypeError, naming ``argument``, unless ``key`` is a PRNG key
+    (``jax.random.key``) or a legacy ``uint32[2]`` one (``jax.random.PRNGKey``)."""
+    if not isinstance(key, jax.Array) or not (
+            jnp.issubdtype(key.dtype, jax.dtypes.prng_key)
+            or (key.dtype == jnp.uint32 and key.shape == (2,))):
+        raise TypeError(f"{argument} must be a PRNG key such as jax.random.key(0), got {key!r}")
+
+
 def uniform_draws(rng: jax.Array, n: int) -> jax.Array:
     """``n`` float32 draws of ``U[0, 1)`` from ``rng``, for dropout masks.
 
@@ -381,6 +390,9 @@ def uniform_draws(rng: jax.Array, n: int) -> jax.Array:
     ``jax.random.uniform``. The draws depend only on ``rng`` and ``n``, not on
     how the arrays are sharded.
     """
+    check_key(rng, "uniform_draws: rng")
+    if not isinstance(n, (int, np.integer)) or isinstance(n, bool) or n < 0:
+        raise ValueError(f"uniform_draws: n must be a non-negative integer, got {n!r}")
     if str(jax.random.key_impl(rng)) != "threefry2x32":
         return jax.random.uniform(rng, (n,), jnp.float32)
     bits = threefry_2x32(jax.random.key_data(rng), jax.lax.iota(jnp.uint32, n))

@@ -64,7 +64,7 @@ class Model:
         program per model and dtype: XLA:CPU compiles each random draw on its
         own, about 0.4 s apiece, so a draw per tensor cost the CNNs 4-6 s
         before their first step."""
-        _check_key(key, "key")
+        layers.check_key(key, "key")
         return _init_params(self, key, jnp.dtype(dtype))
 
     def apply(self, params: Params, x: jax.Array, *, train: bool = False,
@@ -115,13 +115,6 @@ def _init_params(model: Model, key: jax.Array, dtype) -> Params:
     unit = jax.random.uniform(key, (model.param_count,), dtype)
     pieces = layers.split_sizes(unit, [layers.param_count(spec) for _, spec in model.layers])
     return {name: layers.init_from_unit(spec, piece) for (name, spec), piece in zip(model.layers, pieces)}
-
-
-def _check_key(key, argument: str) -> None:
-    if not isinstance(key, jax.Array) or not (
-            jnp.issubdtype(key.dtype, jax.dtypes.prng_key)
-            or (key.dtype == jnp.uint32 and key.shape == (2,))):
-        raise TypeError(f"{argument} must be a PRNG key such as jax.random.key(0), got {key!r}")
 
 
 # --- forward functions -------------------------------------------------------

@@ -29,7 +29,7 @@ from flax.training import train_state
 from jax.sharding import Mesh
 
 from funcnets import host_memory, layers, losses, parallel
-from funcnets.models import Model, Params, _check_key
+from funcnets.models import Model, Params
 
 Batch = tuple[Any, Any]
 Metrics = dict[str, jax.Array]
@@ -71,7 +71,7 @@ def create_train_state(model: Model, tx: optax.GradientTransformation, key: jax.
     if not isinstance(tx, optax.GradientTransformation):
         raise TypeError(f"tx must be an optax.GradientTransformation (e.g. funcnets.optim.sgd(lr=0.01)), "
                         f"got {type(tx).__name__}")
-    _check_key(key, "key")
+    layers.check_key(key, "key")
     if not jnp.issubdtype(key.dtype, jax.dtypes.prng_key):
         key = jax.random.wrap_key_data(key)
     if compute_dtype is not None:
@@ -371,7 +371,7 @@ def train_epoch(state: TrainState, images, labels, *, batch_size: int, rng: jax.
         parallel.check_batch_size(batch_size, mesh)
     images, labels = _device_split(state, images, labels, batch_size, mesh=mesh)
     if rng is not None:
-        _check_key(rng, "rng")
+        layers.check_key(rng, "rng")
     state = place_state(state, mesh)
     history = []
     for index in batch_index(epoch_order(images.shape[0], rng), batch_size, drop_last):

@@ -296,6 +296,8 @@ def test_add_bias_gradient_keeps_bfloat16_and_sums_exactly():
     (lambda: fn.layers.single_channel_conv2d(jnp.zeros((2, 2, 5, 1)), jnp.zeros((3, 3, 1, 4)), jnp.zeros(4)),
      "does not fit"),
     (lambda: fn.layers.dropout_from_unit(jnp.zeros((2, 5)), 0.5, jnp.zeros(9)), "x.size = 10"),
+    (lambda: fn.layers.uniform_draws(jax.random.key(0), -1), "n must be a non-negative integer"),
+    (lambda: fn.layers.uniform_draws(jax.random.key(0), 2.5), "n must be a non-negative integer"),
 ])
 def test_layer_helpers_reject_mismatched_shapes(call, match):
     with pytest.raises(ValueError, match=match):
@@ -320,6 +322,11 @@ def test_uniform_draws_are_threefry_words_as_floats_in_0_1(n):
         assert 0.0 <= float(draws.min()) and float(draws.max()) < 1.0
         assert abs(float(draws.mean()) - 0.5) < 0.01 and abs(float((draws < 0.25).mean()) - 0.25) < 0.015
         assert not np.array_equal(fn.layers.uniform_draws(jax.random.key(6), n), draws)
+
+
+def test_uniform_draws_rejects_a_non_key():
+    with pytest.raises(TypeError, match="uniform_draws: rng must be a PRNG key"):
+        fn.layers.uniform_draws(jnp.zeros(3), 5)
 
 
 def test_dropout_draws_its_own_mask_and_is_the_identity_at_eval():
