@@ -2,7 +2,8 @@
 
 Every constructor returns an ``optax.GradientTransformation`` built by
 ``optax.chain``-ing Optax primitives; a funcnets transform appears only where
-Optax has none for PyTorch's maths. ``lr`` is a float or an Optax schedule
+Optax has none for PyTorch's maths, or (`scale_by_adadelta`) where Optax's
+way of writing the same maths compiles badly on XLA:CPU. ``lr`` is a float or an Optax schedule
 (a function of the step count, e.g. `step_lr`).
 
 Notation, per parameter tensor ``p`` with gradient ``g`` at step ``t = 1, 2, ...``;
@@ -16,7 +17,7 @@ PyTorch     chain                                        differs from Optax's al
 ==========  ===========================================  ===========================
 SGD         trace (or trace_with_dampening), lr          dampening; first step raw g
 Adagrad     scale_by_sum_of_squares, lr / (1+(t-1)decay) acc. starts at 0, eps outside
-Adadelta    scale_by_adadelta, lr                        optax's default lr=None ascends
+Adadelta    scale_by_adadelta (ours), lr                 optax's default lr=None ascends
 RMSprop     scale_by_rms/stddev(eps outside), trace, lr  alpha .99, eps outside sqrt
 Adam        adam_update (lr inside)                      L2 wd; AMSGrad; fp32 bias corr.
 AdamW       adam_update, decoupled decay -lr*wd*p        default wd 1e-2
@@ -148,6 +149,37 @@ def scale_by_sum_of_squares(initial_accumulator_value: float = 0.0,
     return optax.GradientTransformation(init_fn, update_fn)
 
 
+def scale_by_adadelta(rho: float = 0.9, eps: float = 1e-6) -> optax.GradientTransformation:
+    """``optax.scale_by_adadelta``'s maths and state (``optax.ScaleByAdaDeltaState``,
+    ``e_g`` = ``v``, ``e_x`` = ``u``), with ``u_t`` computed without ``d_t``::
+
+        v_t = rho v_{t-1} + (1 - rho) g_t^2
+        d_t = sqrt(u_{t-1} + eps) / sqrt(v_t + eps) * g_t                  (the update)
+        u_t = rho u_{t-1} + (1 - rho) (u_{t-1} + eps) / (v_t + eps) g_t^2   (= ... d_t^2)
+
+    the same numbers up to rounding (float64 agrees with ``torch.optim.Adadelta``
+    to 1e-10; tests). Why: when ``u_t`` squares ``d_t``, both outputs share the two
+    square roots, and XLA:CPU, which does not duplicate a square root into two
+    fusions, writes each one to an array of its own and reads it twice. For
+    ``mnist_cnn``'s 1.2M ``fc1`` weights that was 8.7 ms of a single-threaded
+    step, 2.7 ms this way; the two-core step went from 54.6 to 50.5 ms
+    (105.9 -> 98.0 core-ms; interleaved A/B, medians of 29 windows).
+    """
+
+    def init_fn(params):
+        return optax.ScaleByAdaDeltaState(e_g=optax.tree.zeros_like(params), e_x=optax.tree.zeros_like(params))
+
+    def update_fn(updates, state, params=None):
+        del params
+        e_g = jax.tree.map(lambda g, v: rho * v + (1 - rho) * (g * g), updates, state.e_g)
+        deltas = jax.tree.map(lambda g, v, u: jnp.sqrt(u + eps) / jnp.sqrt(v + eps) * g, updates, e_g, state.e_x)
+        e_x = jax.tree.map(lambda g, v, u: rho * u + (1 - rho) * ((u + eps) / (v + eps) * (g * g)),
+                           updates, e_g, state.e_x)
+        return deltas, optax.ScaleByAdaDeltaState(e_g=e_g, e_x=e_x)
+
+    return optax.GradientTransformation(init_fn, update_fn)
+
+
 class AdamUpdateState(NamedTuple):
     count: jax.Array
     exp_avg: Any
@@ -271,7 +303,8 @@ def adadelta(lr: ScalarOrSchedule = 1.0, rho: float = 0.9, eps: float = 1e-6,
         u_t = rho u_{t-1} + (1 - rho) d_t^2
         p_t = p_{t-1} - lr * d_t
 
-    ``optax.scale_by_adadelta`` then the learning rate. Beware
+    `scale_by_adadelta` (``optax.scale_by_adadelta``'s maths, laid out for
+    XLA:CPU) then the learning rate. Beware
     ``optax.adadelta()``: its default ``learning_rate=None`` skips the scaling
     *and its sign flip*, so it climbs the loss; PyTorch's default lr is 1.0.
     """
@@ -280,7 +313,7 @@ def adadelta(lr: ScalarOrSchedule = 1.0, rho: float = 0.9, eps: float = 1e-6,
     _require(eps >= 0.0, f"Invalid epsilon value: {eps}")
     _require(weight_decay >= 0.0, f"Invalid weight_decay value: {weight_decay}")
     return optax.chain(*_prologue(maximize, weight_decay),
-                       optax.scale_by_adadelta(rho=rho, eps=eps),
+                       scale_by_adadelta(rho=rho, eps=eps),
                        optax.scale_by_learning_rate(lr))
 
 

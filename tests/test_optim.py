@@ -105,6 +105,23 @@ def test_adadelta_descends_where_optax_default_ascends():
         assert np.sign(float(updates["w"][0])) == direction
 
 
+def test_scale_by_adadelta_is_optaxs_maths_and_state(x64):
+    """Our Adadelta scaling (laid out for XLA:CPU) against optax.scale_by_adadelta
+    in float64: same updates and states to rounding, same state type."""
+    rng = np.random.default_rng(0)
+    params = {"w": jnp.asarray(rng.normal(size=(5, 3))), "b": jnp.asarray(rng.normal(size=3))}
+    ours, theirs = fn.optim.scale_by_adadelta(rho=0.8, eps=1e-4), optax.scale_by_adadelta(rho=0.8, eps=1e-4)
+    our_state, their_state = ours.init(params), theirs.init(params)
+    assert type(our_state) is type(their_state)
+    for _ in range(20):
+        grads = jax.tree.map(lambda p: jnp.asarray(rng.normal(size=p.shape)), params)
+        our_updates, our_state = jax.jit(ours.update)(grads, our_state)
+        their_updates, their_state = theirs.update(grads, their_state)
+        for mine, reference in zip(jax.tree.leaves((our_updates, our_state)),
+                                   jax.tree.leaves((their_updates, their_state))):
+            np.testing.assert_allclose(mine, reference, rtol=1e-13, atol=0)
+
+
 def test_adagrad_first_step_uses_zero_accumulator_and_eps_outside():
     g = jnp.asarray([1e-3, -2.0])
     tx = fn.optim.adagrad(lr=0.1, eps=1e-10)
