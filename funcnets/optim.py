@@ -3,8 +3,8 @@
 Every constructor returns an ``optax.GradientTransformation`` built by
 ``optax.chain``-ing Optax primitives; a funcnets transform appears only where
 Optax has none for PyTorch's maths, or (`scale_by_adadelta`) where Optax's
-way of writing the same maths compiles badly on XLA:CPU. ``lr`` is a float or an Optax schedule
-(a function of the step count, e.g. `step_lr`).
+way of writing the same maths compiles badly on XLA:CPU. ``lr`` is a float or
+an Optax schedule (a function of the step count, e.g. `step_lr`).
 
 Notation, per parameter tensor ``p`` with gradient ``g`` at step ``t = 1, 2, ...``;
 every optimizer first applies, in PyTorch's order::
@@ -157,8 +157,9 @@ def scale_by_adadelta(rho: float = 0.9, eps: float = 1e-6) -> optax.GradientTran
         d_t = sqrt(u_{t-1} + eps) / sqrt(v_t + eps) * g_t                  (the update)
         u_t = rho u_{t-1} + (1 - rho) (u_{t-1} + eps) / (v_t + eps) g_t^2   (= ... d_t^2)
 
-    the same numbers up to rounding (float64 agrees with ``torch.optim.Adadelta``
-    to 1e-10; tests). Why: when ``u_t`` squares ``d_t``, both outputs share the two
+    the same numbers up to rounding (in float64, 200 steps of ``mnist_mlp`` end
+    1.1e-14 from ``torch.optim.Adadelta``'s params; tests). Why: when ``u_t``
+    squares ``d_t``, both outputs share the two
     square roots, and XLA:CPU, which does not duplicate a square root into two
     fusions, writes each one to an array of its own and reads it twice. For
     ``mnist_cnn``'s 1.2M ``fc1`` weights that was 8.7 ms of a single-threaded
