@@ -159,9 +159,9 @@ def scale_by_adadelta(rho: float = 0.9, eps: float = 1e-6) -> optax.GradientTran
 
     the same numbers up to rounding (in float64, 200 steps of ``mnist_mlp`` end
     1.1e-14 from ``torch.optim.Adadelta``'s params; tests). Why: when ``u_t``
-    squares ``d_t``, both outputs share the two
-    square roots, and XLA:CPU, which does not duplicate a square root into two
-    fusions, writes each one to an array of its own and reads it twice. For
+    squares ``d_t``, both outputs share the two square roots, and XLA:CPU,
+    which does not duplicate a square root into two fusions, writes each one
+    to an array of its own and reads it twice. For
     ``mnist_cnn``'s 1.2M ``fc1`` weights that was 8.7 ms of a single-threaded
     step, 2.7 ms this way; the two-core step went from 54.6 to 50.5 ms
     (105.9 -> 98.0 core-ms; interleaved A/B, medians of 29 windows).
