@@ -167,12 +167,15 @@ def scale_by_adadelta(rho: float = 0.9, eps: float = 1e-6) -> optax.GradientTran
     (105.9 -> 98.0 core-ms; interleaved A/B, medians of 29 windows).
     """
 
+    _require(0.0 <= rho <= 1.0, f"Invalid rho value: {rho}")
+    _require(eps >= 0.0, f"Invalid epsilon value: {eps}")
+
     def init_fn(params):
         return optax.ScaleByAdaDeltaState(e_g=optax.tree.zeros_like(params), e_x=optax.tree.zeros_like(params))
 
     def update_fn(updates, state, params=None):
         del params
-        e_g = jax.tree.map(lambda g, v: rho * v + (1 - rho) * (g * g), updates, state.e_g)
+        e_g = optax.tree.update_moment(updates, state.e_g, rho, 2)
         deltas = jax.tree.map(lambda g, v, u: jnp.sqrt(u + eps) / jnp.sqrt(v + eps) * g, updates, e_g, state.e_x)
         e_x = jax.tree.map(lambda g, v, u: rho * u + (1 - rho) * ((u + eps) / (v + eps) * (g * g)),
                            updates, e_g, state.e_x)
@@ -310,11 +313,9 @@ def adadelta(lr: ScalarOrSchedule = 1.0, rho: float = 0.9, eps: float = 1e-6,
     *and its sign flip*, so it climbs the loss; PyTorch's default lr is 1.0.
     """
     _check_lr(lr)
-    _require(0.0 <= rho <= 1.0, f"Invalid rho value: {rho}")
-    _require(eps >= 0.0, f"Invalid epsilon value: {eps}")
     _require(weight_decay >= 0.0, f"Invalid weight_decay value: {weight_decay}")
     return optax.chain(*_prologue(maximize, weight_decay),
-                       scale_by_adadelta(rho=rho, eps=eps),
+                       scale_by_adadelta(rho=rho, eps=eps),   # checks rho and eps
                        optax.scale_by_learning_rate(lr))
 
 

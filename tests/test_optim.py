@@ -122,6 +122,13 @@ def test_scale_by_adadelta_is_optaxs_maths_and_state(x64):
             np.testing.assert_allclose(mine, reference, rtol=1e-13, atol=0)
 
 
+@pytest.mark.parametrize("kwargs, match", [({"rho": 1.5}, "Invalid rho value: 1.5"),
+                                           ({"eps": -1e-6}, "Invalid epsilon value")])
+def test_scale_by_adadelta_rejects_bad_arguments(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        fn.optim.scale_by_adadelta(**kwargs)
+
+
 def test_adagrad_first_step_uses_zero_accumulator_and_eps_outside():
     g = jnp.asarray([1e-3, -2.0])
     tx = fn.optim.adagrad(lr=0.1, eps=1e-10)
