@@ -304,7 +304,7 @@ def test_layer_helpers_reject_mismatched_shapes(call, match):
         call()
 
 
-@pytest.mark.parametrize("n", [1, 7, 10_000])
+@pytest.mark.parametrize("n", [0, 1, 2, 7, 10_000])
 def test_uniform_draws_are_threefry_words_as_floats_in_0_1(n):
     """With a Threefry key: the hash of the counters 0..n-1 in pairs, each word's
     top 23 bits as jax.random.uniform maps them; legacy raw keys give the same;
@@ -322,6 +322,18 @@ def test_uniform_draws_are_threefry_words_as_floats_in_0_1(n):
         assert 0.0 <= float(draws.min()) and float(draws.max()) < 1.0
         assert abs(float(draws.mean()) - 0.5) < 0.01 and abs(float((draws < 0.25).mean()) - 0.25) < 0.015
         assert not np.array_equal(fn.layers.uniform_draws(jax.random.key(6), n), draws)
+
+
+def test_threefry2x32_hash_is_jaxs_bit_for_bit():
+    """Random words and keys, the extremes included, hash as JAX's primitive does
+    (``threefry_2x32`` hashes the first half of its counts with the second)."""
+    words = np.random.default_rng(0).integers(0, 2**32, size=(4, 1000), dtype=np.uint32)
+    words[:, :2] = [[0, 2**32 - 1]] * 4
+    for key0, key1, x0, x1 in [words[:, i] for i in range(2)] + [(words[0, 5], words[1, 5], words[2], words[3])]:
+        x0, x1 = np.broadcast_to(x0, (1000,)), np.broadcast_to(x1, (1000,))
+        expected = np.asarray(threefry_2x32(jnp.asarray([key0, key1]), jnp.concatenate([x0, x1])))
+        hashed = jax.jit(fn.layers.threefry2x32_hash)(jnp.uint32(key0), jnp.uint32(key1), x0, x1)
+        np.testing.assert_array_equal(np.concatenate([np.asarray(h) for h in hashed]), expected)
 
 
 def test_uniform_draws_rejects_a_non_key():
