@@ -336,6 +336,16 @@ def test_threefry2x32_hash_is_jaxs_bit_for_bit():
         np.testing.assert_array_equal(np.concatenate([np.asarray(h) for h in hashed]), expected)
 
 
+def test_threefry2x32_hash_rejects_other_words():
+    words = jnp.zeros(3, jnp.uint32)
+    with pytest.raises(TypeError, match="must be uint32 scalars"):
+        fn.layers.threefry2x32_hash(jnp.uint32(1), jnp.uint32(2), words.astype(jnp.int32), words)
+    with pytest.raises(TypeError, match="must be uint32 scalars"):
+        fn.layers.threefry2x32_hash(words, jnp.uint32(2), words, words)
+    with pytest.raises(ValueError, match="x0 and x1 must have the same shape"):
+        fn.layers.threefry2x32_hash(jnp.uint32(1), jnp.uint32(2), words, words[:2])
+
+
 def test_uniform_draws_rejects_a_non_key():
     with pytest.raises(TypeError, match="uniform_draws: rng must be a PRNG key"):
         fn.layers.uniform_draws(jnp.zeros(3), 5)
