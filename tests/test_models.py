@@ -327,11 +327,12 @@ def test_uniform_draws_are_threefry_words_as_floats_in_0_1(n):
 def test_threefry2x32_hash_is_jaxs_bit_for_bit():
     """Random words and keys, the extremes included, hash as JAX's primitive does
     (``threefry_2x32`` hashes the first half of its counts with the second)."""
-    words = np.random.default_rng(0).integers(0, 2**32, size=(4, 1000), dtype=np.uint32)
-    words[:, :2] = [[0, 2**32 - 1]] * 4
-    for key0, key1, x0, x1 in [words[:, i] for i in range(2)] + [(words[0, 5], words[1, 5], words[2], words[3])]:
-        x0, x1 = np.broadcast_to(x0, (1000,)), np.broadcast_to(x1, (1000,))
-        expected = np.asarray(threefry_2x32(jnp.asarray([key0, key1]), jnp.concatenate([x0, x1])))
+    random_words = np.random.default_rng(0).integers(0, 2**32, size=(4, 1000), dtype=np.uint32)
+    cases = [(0, 0, 0, 0), (2**32 - 1,) * 4,                        # all-zero and all-one words
+             (random_words[0, 5], random_words[1, 5], random_words[2], random_words[3])]
+    for key0, key1, x0, x1 in cases:
+        x0, x1 = np.broadcast_to(np.uint32(x0), (1000,)), np.broadcast_to(np.uint32(x1), (1000,))
+        expected = np.asarray(threefry_2x32(jnp.asarray([key0, key1], jnp.uint32), jnp.concatenate([x0, x1])))
         hashed = jax.jit(fn.layers.threefry2x32_hash)(jnp.uint32(key0), jnp.uint32(key1), x0, x1)
         np.testing.assert_array_equal(np.concatenate([np.asarray(h) for h in hashed]), expected)
 
