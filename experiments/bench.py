@@ -28,7 +28,9 @@ scaled to an epoch (the steps are alike, so the time is linear in them).
 Reported: median time per epoch, samples/s, the ratio to each PyTorch
 variant (paired: in each round, the other's window time over this one's;
 the median over rounds, with its range, so drift between rounds cancels),
-the first-step (compile) time, and the fraction of the machine's
+the first-step (compile) time, the process's page faults per step (a
+page the kernel maps and zeroes: memory that ``malloc`` gave back and
+takes again), and the fraction of the machine's
 float32 GEMM peak (measured in the same run, best of JAX and PyTorch on a
 2048^3 matmul) that the FLOPs XLA counts for the step reach.
 
@@ -65,6 +67,12 @@ CASES = {  # model: (batch size, image shape, training images, optimizer, lr)
 def _rss_bytes() -> int:
     with open("/proc/self/statm") as f:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def _minor_faults() -> int:
+    """Minor page faults of this process so far: each a page the kernel mapped
+    and zeroed, the cost of memory that ``malloc`` handed back and takes again."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
 
 
 def gemm_peak(n: int = 2048, repeats: int = 5) -> dict[str, float]:
@@ -251,17 +259,20 @@ def bench_model(name: str, *, repeats: int, cnn_window: int, torch_compile: bool
     for run in contestants.values():  # warm-up window, untimed
         run(0)
     times = {label: [] for label in contestants}
+    faults = {label: [] for label in contestants}   # minor page faults of the process per window
     for r in range(repeats):
         for label, run in contestants.items():
-            start = time.perf_counter()
+            faults_before, start = _minor_faults(), time.perf_counter()
             run(r + 1)
             times[label].append(time.perf_counter() - start)
+            faults[label].append(_minor_faults() - faults_before)
     scale = steps_per_epoch / window
     rows = {}
     for label, samples in times.items():
         epoch = statistics.median(samples) * scale
         rows[label] = {"epoch_seconds": epoch, "samples_per_second": steps_per_epoch * batch / epoch,
-                       "first_step_seconds": first_steps[label], "spread": (max(samples) - min(samples)) * scale}
+                       "first_step_seconds": first_steps[label], "spread": (max(samples) - min(samples)) * scale,
+                       "page_faults_per_step": statistics.median(faults[label]) / window}
     for label in rows:
         rows[label]["speedups"] = paired_speedups(times, label)
     return {"model": name, "batch_size": batch, "optimizer": f"{optimizer}(lr={lr})", "window_steps": window,
@@ -323,6 +334,9 @@ def markdown(results: list[dict], peak: dict, environment: dict) -> str:
     lines += ["", "Ratios are speedups, the other's window time over this row's (above 1: this row is "
               "faster), taken round by round (each round runs every contestant once, one after another) "
               "and reported as the median over rounds; their range over rounds: " + ", ".join(spreads) + ". "
+              "Page faults per step (median over windows): " + ", ".join(
+                  f"`{r['model']}` " + ", ".join(f"{label} {row['page_faults_per_step']:,.0f}"
+                                                 for label, row in r["rows"].items()) for r in results) + ". "
               "Peak host memory per model process: " + ", ".join(
                   f"`{r['model']}` {r['peak_rss_mb']:.0f} MB (dataset {r['dataset_mb']:.0f} MB; funcnets holds "
                   f"{r['funcnets_live_dataset_copies']:.2f} copies live, the NumPy arrays and all its JAX arrays; "

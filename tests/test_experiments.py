@@ -256,13 +256,15 @@ def test_bench_runs_every_contestant_and_reports_ratios():
     result = bench.bench_model("mnist_mlp", repeats=1, cnn_window=2, torch_compile=False, examples=640)
     assert {"funcnets loop", "funcnets epoch", "torch tutorial", "torch well (1 thread)"} <= set(result["rows"])
     assert result["flops_per_step"] >= 0.99 * 2 * (2 * 64 * 784 * 100)  # fc1 forward + weight gradient
-    assert all(row["epoch_seconds"] > 0 for row in result["rows"].values())
+    assert all(row["epoch_seconds"] > 0 and row["page_faults_per_step"] >= 0 for row in result["rows"].values())
     from funcnets import host_memory
     assert result["host_malloc"] == host_memory.setting()  # set before the contestants ran
     table = bench.markdown([result], {"peak": 1e10, "jax": 1e10, "torch": 1e10},
                            {"machine": "test", "jax": "x", "torch": "y"})
     assert f"Host memory, for every contestant alike: {result['host_malloc']}." in table
     assert table.count("| `mnist_mlp` (64) |") == len(result["rows"])
+    faults = result["rows"]["funcnets loop"]["page_faults_per_step"]
+    assert f"Page faults per step (median over windows): `mnist_mlp` funcnets loop {faults:,.0f}," in table
 
 
 def test_bench_speedups_pair_the_contestants_round_by_round():
