@@ -206,11 +206,10 @@ def single_channel_conv2d(x: jax.Array, kernel: jax.Array, bias: jax.Array) -> j
     not computed when nothing needs it (a net's first layer).
 
     Why: XLA:CPU's convolution packs 9-long im2col rows for this shape, and
-    its weight gradient transposes the output gradient first. In ``mnist_cnn``
-    (single-threaded profile of the step) the forward, the ReLU, the weight
-    and bias gradients took 13.5 ms of 135 and take 8.5 this way; the
-    two-core step went from 71.0 to 67.2 ms (interleaved A/B, median of 30
-    windows). With three input channels (``cifar_cnn``'s conv1, 27 strided
+    its weight gradient transposes the output gradient first. ``mnist_cnn``'s
+    two-core step went from 71.0 to 67.2 ms this way (interleaved A/B, median
+    of 30 windows; in a later A/B, 49.7 -> 46.6 ms, and on one thread 83.7
+    -> 78.7 ms). With three input channels (``cifar_cnn``'s conv1, 27 strided
     windows) the same way was slower (19.1 -> 23.4 ms), so it is kept to one.
     """
     _check_single_channel(x, kernel, bias)
@@ -427,11 +426,11 @@ def threefry2x32_hash(key0: jax.Array, key1: jax.Array, x0: jax.Array, x1: jax.A
     five passes, which XLA runs as a while loop, each pass a handful of
     separate sweeps over the arrays. Written out, it is one elementwise loop
     that XLA fuses with the counters (`uniform_draws`) and their consumers.
-    In ``mnist_cnn``'s step (598,016 draws, one thread) the loop's sweeps took
-    4.9 ms; written out, the hash takes 1.3 ms in a fusion of its own and adds
-    1.1 ms to the dropout mask's. The two-core step, in four interleaved A/B
-    runs (paired medians of 30-60 windows of 20 steps), got 1.007x, 1.04x,
-    1.10x and 1.14x faster (55.5 -> 49.7 ms in the last). The bits are the same.
+    ``mnist_cnn``'s step (598,016 draws), in eight interleaved A/B runs on two
+    cores (paired medians of 15-60 windows of 20 steps): 1.007x, 1.04x,
+    1.10x, 1.14x, 0.994x, 1.17x, 1.016x and 1.001x faster; on one thread,
+    without page faults, 79.4 -> 78.7 ms. A small gain, not seen in every
+    run. The bits are the same.
     """
     dtypes = [jnp.result_type(word) for word in (key0, key1, x0, x1)]
     if any(dtype != jnp.uint32 for dtype in dtypes) or jnp.shape(key0) or jnp.shape(key1):
