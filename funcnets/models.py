@@ -118,6 +118,10 @@ def _init_params(model: Model, key: jax.Array, dtype) -> Params:
 
 
 # --- forward functions -------------------------------------------------------
+# Each layer runs under a `jax.named_scope` of its param name, so XLA's op names
+# (profiles, HLO dumps) say which layer an op is for: ``jvp(conv2)/...`` in the
+# forward pass, ``transpose(jvp(conv2))/...`` in its gradient. Metadata only:
+# the compiled program is the same.
 
 def _flatten(x: jax.Array) -> jax.Array:
     return x.reshape(x.shape[0], -1)
@@ -125,44 +129,57 @@ def _flatten(x: jax.Array) -> jax.Array:
 
 def _mnist_mlp(params, x, *, train, rng, dropout):
     del train, rng, dropout
-    x = jax.nn.relu(layers.linear(params["fc1"], _flatten(x)))
-    return jax.nn.log_softmax(layers.linear(params["fc2"], x), axis=-1)
+    with jax.named_scope("fc1"):
+        x = jax.nn.relu(layers.linear(params["fc1"], _flatten(x)))
+    with jax.named_scope("fc2"):
+        return jax.nn.log_softmax(layers.linear(params["fc2"], x), axis=-1)
 
 
 def _simple_net(params, x, *, train, rng, dropout):
     del train, rng, dropout
     x = _flatten(x)
     for name in ("fc1", "fc2", "fc3"):
-        x = jax.nn.relu(layers.linear(params[name], x))
+        with jax.named_scope(name):
+            x = jax.nn.relu(layers.linear(params[name], x))
     return x
 
 
 def _mnist_cnn(params, x, *, train, rng, dropout):
-    x = jax.nn.relu(layers.conv2d(params["conv1"], x))
-    x = jax.nn.relu(layers.conv2d(params["conv2"], x))
-    x = layers.max_pool2d(x, 2)
+    with jax.named_scope("conv1"):
+        x = jax.nn.relu(layers.conv2d(params["conv1"], x))
+    with jax.named_scope("conv2"):
+        x = jax.nn.relu(layers.conv2d(params["conv2"], x))
+    with jax.named_scope("max_pool"):
+        x = layers.max_pool2d(x, 2)
     masked = train and any(dropout)
     if masked:
-        # Both masks from one draw: (B, 12, 12, 64) then (B, 128) uniforms, one
-        # hash and no key split (a split and two draws compiled 1.1 s slower when
-        # the hash was JAX's looped one; with layers.threefry2x32_hash, 0-0.3 s).
-        sizes = [x.size, x.shape[0] * params["fc1"]["kernel"].shape[1]]
-        pooled_unit, fc1_unit = layers.split_sizes(layers.uniform_draws(rng, sum(sizes)), sizes)
-        x = layers.dropout_from_unit(x, dropout[0], pooled_unit)
-    x = jax.nn.relu(layers.linear(params["fc1"], _flatten(x)))
+        with jax.named_scope("dropout_draws"):
+            # Both masks from one draw: (B, 12, 12, 64) then (B, 128) uniforms, one
+            # hash and no key split (a split and two draws compiled 1.1 s slower when
+            # the hash was JAX's looped one; with layers.threefry2x32_hash, 0-0.3 s).
+            sizes = [x.size, x.shape[0] * params["fc1"]["kernel"].shape[1]]
+            pooled_unit, fc1_unit = layers.split_sizes(layers.uniform_draws(rng, sum(sizes)), sizes)
+        with jax.named_scope("dropout1"):
+            x = layers.dropout_from_unit(x, dropout[0], pooled_unit)
+    with jax.named_scope("fc1"):
+        x = jax.nn.relu(layers.linear(params["fc1"], _flatten(x)))
     if masked:
-        x = layers.dropout_from_unit(x, dropout[1], fc1_unit)
-    return jax.nn.log_softmax(layers.linear(params["fc2"], x), axis=-1)
+        with jax.named_scope("dropout2"):
+            x = layers.dropout_from_unit(x, dropout[1], fc1_unit)
+    with jax.named_scope("fc2"):
+        return jax.nn.log_softmax(layers.linear(params["fc2"], x), axis=-1)
 
 
 def _cifar_cnn(params, x, *, train, rng, dropout):
     del train, rng, dropout
-    x = layers.max_pool2d(jax.nn.relu(layers.conv2d(params["conv1"], x)))
-    x = layers.max_pool2d(jax.nn.relu(layers.conv2d(params["conv2"], x)))
-    x = jax.nn.relu(layers.conv2d(params["conv3"], x))
-    x = layers.max_pool2d(jax.nn.relu(layers.conv2d(params["conv4"], x)))
-    x = jax.nn.relu(layers.linear(params["fc1"], _flatten(x)))
-    return layers.linear(params["fc2"], x)
+    for name, pool in (("conv1", True), ("conv2", True), ("conv3", False), ("conv4", True)):
+        with jax.named_scope(name):
+            x = jax.nn.relu(layers.conv2d(params[name], x))
+            x = layers.max_pool2d(x) if pool else x
+    with jax.named_scope("fc1"):
+        x = jax.nn.relu(layers.linear(params["fc1"], _flatten(x)))
+    with jax.named_scope("fc2"):
+        return layers.linear(params["fc2"], x)
 
 
 # --- the registry ------------------------------------------------------------

@@ -206,11 +206,14 @@ def apply_step(state: TrainState, images, labels, loss_fn: losses.LossFn | None 
 
     def loss_of(params):
         outputs = forward(state, params, images, train=True, rng=dropout_key)
-        return objective(outputs, labels), outputs
+        with jax.named_scope("loss"):
+            return objective(outputs, labels), outputs
 
     (loss, outputs), grads = jax.value_and_grad(loss_of, has_aux=True)(state.params)
     class_labels = labels.ndim == 1 and jnp.issubdtype(labels.dtype, jnp.integer)
-    return state.apply_gradients(grads=grads), _metrics(loss, outputs, labels, class_labels)
+    with jax.named_scope("optimizer"):  # op names say what is the update (see funcnets.models)
+        new_state = state.apply_gradients(grads=grads)
+    return new_state, _metrics(loss, outputs, labels, class_labels)
 
 
 def make_train_step(loss_fn: losses.LossFn | None = None) -> Callable[[TrainState, Batch],
