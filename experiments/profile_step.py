@@ -189,7 +189,8 @@ def _trace_op_times(trace_dir: str, module: str, steps: int) -> dict[str, tuple[
     found = list(pathlib.Path(trace_dir).rglob("*.trace.json.gz"))
     if not found:
         raise RuntimeError(f"jax.profiler wrote no trace under {trace_dir}")
-    events = json.loads(gzip.open(found[0]).read())["traceEvents"]
+    with gzip.open(found[0]) as trace:
+        events = json.load(trace)["traceEvents"]
     total, calls = collections.Counter(), collections.Counter()
     for event in events:
         args = event.get("args") or {}
@@ -307,21 +308,22 @@ def profile_torch(name: str, *, steps: int, warmup: int, threads: int | None) ->
 
 def markdown(name: str, profiles: list[dict], *, top: int, one_thread: bool) -> str:
     batch = CASES[name][0]
-    lines = [f"# `{name}` (batch {batch}): one training step, op by op, "
-             f"{'on one thread (each op its own work)' if one_thread else 'on all cores (as training runs it)'}", ""]
+    where = "on one thread (each op its own work)" if one_thread else "on all cores (as training runs it)"
+    lines = [f"# `{name}` (batch {batch}): one training step, op by op, {where}", ""]
     for prof in profiles:
         low, high = prof["step_ms_range"]
-        lines += [f"## {prof['contestant']}: {prof['step_ms']:.1f} ms a step",
-                  "", f"Median of the timed steps ({low:.1f}-{high:.1f} ms), "
+        timing = (f"Median of the timed steps ({low:.1f}-{high:.1f} ms), "
                   f"{prof['page_faults_per_step']:,.0f} page faults a step; under the profiler "
                   f"{prof['profiled_step_ms']:.1f} ms and {prof['profiled_page_faults_per_step']:,.0f} page faults "
-                  f"a step, its ops adding up to {prof['ops_ms']:.1f} ms.", ""]
+                  f"a step, its ops adding up to {prof['ops_ms']:.1f} ms.")
+        lines += [f"## {prof['contestant']}: {prof['step_ms']:.1f} ms a step", "", timing, ""]
         if "step_gflops" in prof:
-            lines += [f"The step executes {prof['step_gflops']:.2f} GFLOP in convolutions and dots "
-                      f"({prof['step_gflops'] / prof['step_ms'] * 1e3:.1f} GFLOP/s over the timed step).", ""]
+            rate = prof["step_gflops"] / prof["step_ms"] * 1e3
+            flops = f"The step executes {prof['step_gflops']:.2f} GFLOP in convolutions and dots ({rate:.1f} GFLOP/s"
+            lines += [flops + " over the timed step).", ""]
             if not one_thread:
-                lines += ["On all cores XLA:CPU runs convolutions and dots on its worker threads, asynchronously: "
-                          "their rows time the launch, not the work. `--one-thread` times each op's work.", ""]
+                lines += [("On all cores XLA:CPU runs convolutions and dots on its worker threads, asynchronously: "
+                           "their rows time the launch, not the work. `--one-thread` times each op's work."), ""]
             lines += ["| op | ms | % of step | layer, pass | kind | shape | GFLOP/s |",
                       "| --- | --- | --- | --- | --- | --- | --- |"]
             for r in prof["ops"][:top]:
