@@ -142,41 +142,41 @@ def hlo_ops(hlo_text: str) -> dict[str, HloOp]:
         computations[current].append(fields)
         shapes[fields["name"]] = fields["shape"]
 
-    def inside(computation: str, seen: frozenset = frozenset()) -> tuple[float, collections.Counter]:
-        flops, where, root = 0.0, collections.Counter(), collections.Counter()
-        for op in computations.get(computation, []):
-            own, labels = _own(op, seen | {computation})
-            flops, where = flops + own, where + labels
-            root = labels if op["root"] else root
-        # what the computation makes (its root's layer and pass) first, then the rest by count
-        return flops, collections.Counter({label: count + 10 ** 9 * (label in root) for label, count in where.items()})
-
-    def _own(op: dict, seen: frozenset) -> tuple[float, collections.Counter]:
+    def summary(op: dict, seen: frozenset = frozenset()) -> tuple[float, list[str]]:
+        """Its FLOPs and its layers and passes: its own op name's first, then, for
+        each computation it calls, that computation's root's, then the rest by count."""
         flops = _flops(op["opcode"], op["shape"], op["args"], op["attrs"], shapes)
-        where = collections.Counter([op["where"]] if op["where"] else [])
-        for callee in op["calls"]:
-            if callee not in seen:
-                more_flops, more_where = inside(callee, seen)
-                flops, where = flops + more_flops, where + more_where
-        return flops, where
+        labels = [op["where"]] if op["where"] else []
+        for callee in (callee for callee in op["calls"] if callee not in seen):
+            counts, root = collections.Counter(), []
+            for inner in computations.get(callee, []):
+                inner_flops, inner_labels = summary(inner, seen | {callee})
+                flops += inner_flops
+                counts.update(inner_labels)
+                root = inner_labels if inner["root"] else root
+            labels += [label for label in dict.fromkeys(root + [label for label, _ in counts.most_common()])
+                       if label not in labels]
+        return flops, labels
 
-    def labels_of(op: dict) -> list[str]:
-        if op["opcode"] == "parameter":
-            return [".".join(part for part in re.split(r"_+", op["name"].rsplit(".", 1)[0]) if part)]
-        return [label for label, _ in _own(op, frozenset())[1].most_common()]
+    fused = {callee for ops_of in computations.values() for op in ops_of if op["opcode"] == "fusion"
+             for callee in op["calls"]}
+    thunks = {op["name"]: op for name, ops_of in computations.items() if name not in fused for op in ops_of}
+    summaries = {name: summary(op) for name, op in thunks.items()}
 
-    by_name = {op["name"]: op for computation in computations.values() for op in computation}
-    fused = {callee for op in by_name.values() if op["opcode"] == "fusion" for callee in op["calls"]}
+    def labels_of(name: str) -> list[str]:
+        if thunks[name]["opcode"] == "parameter":  # its pytree path, e.g. state.params.fc1.kernel
+            return [".".join(part for part in re.split(r"_+", name.rsplit(".", 1)[0]) if part)]
+        return summaries[name][1]
+
     ops = {}
-    for op in (op for name, ops_of in computations.items() if name not in fused for op in ops_of):
-        labels = labels_of(op)
+    for name, op in thunks.items():
+        labels = labels_of(name)
         if not labels:  # XLA made it (a layout copy, a rewritten op): say what it reads
-            inputs = [by_name[name] for name in re.findall(r"%([^\s,)]+)", op["args"]) if name in by_name]
+            inputs = [source for source in re.findall(r"%([^\s,)]+)", op["args"]) if source in thunks]
             read = list(dict.fromkeys(label for source in inputs for label in labels_of(source)))
             labels = [f"(XLA's, reads {', '.join(read[:3])}{', ...' if len(read) > 3 else ''})"] if read else []
-        ops[op["name"]] = HloOp(op["name"], op["opcode"], re.sub(r"\{[^}]*\}", "", op["shape"]),
-                                ", ".join(labels[:3]) + (", ..." if len(labels) > 3 else ""),
-                                _own(op, frozenset())[0])
+        ops[name] = HloOp(name, op["opcode"], re.sub(r"\{[^}]*\}", "", op["shape"]),
+                          ", ".join(labels[:3]) + (", ..." if len(labels) > 3 else ""), summaries[name][0])
     return ops
 
 
@@ -245,7 +245,8 @@ def profile_funcnets(name: str, *, steps: int, warmup: int) -> dict:
         holder["state"], metrics = step(holder["state"], x, y, rows)
         jax.block_until_ready(metrics)
 
-    _timed(lambda i: run_step(order[1 + i]), warmup - 1)
+    for rows in order[1:warmup]:
+        run_step(rows)
     times, faults = _timed(lambda i: run_step(order[warmup + i]), steps)
     with tempfile.TemporaryDirectory() as trace_dir:
         options = jax.profiler.ProfileOptions()
@@ -289,7 +290,8 @@ def profile_torch(name: str, *, steps: int, warmup: int, threads: int | None) ->
         opt.step()
         return loss.item()
 
-    _timed(step, warmup)
+    for i in range(warmup):
+        step(i)
     times, faults = _timed(lambda i: step(warmup + i), steps)
     with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU], record_shapes=True) as prof:
         traced_times, traced_faults = _timed(lambda i: step(warmup + steps + i), steps)

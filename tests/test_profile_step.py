@@ -54,7 +54,7 @@ def test_hlo_ops_count_the_flops_and_name_the_layers_of_a_compiled_gradient():
 
 
 def test_profile_step_profiles_both_frameworks_op_by_op(tmp_path):
-    result = profile_step.main(["mnist_mlp", "--steps", "2", "--warmup", "2", "--torch", "--top", "5",
+    result = profile_step.main(["mnist_mlp", "--steps", "2", "--warmup", "1", "--torch", "--top", "5",
                                 "--out", str(tmp_path)])
     funcnets, torch_step = result["profiles"]
     assert funcnets["step_ms"] > 0 and funcnets["profiled_step_ms"] > 0 and funcnets["page_faults_per_step"] >= 0
