@@ -253,8 +253,13 @@ def test_zigzag_bounces_without_momentum():
 
 def test_bench_runs_every_contestant_and_reports_ratios():
     """The benchmark script itself, on a small dataset (its timings mean nothing here)."""
-    result = bench.bench_model("mnist_mlp", repeats=1, cnn_window=2, torch_compile=False, examples=640)
+    result = bench.bench_model("mnist_mlp", repeats=1, cnn_window=2, torch_compile=False, examples=640,
+                               whole=True)
     assert {"funcnets loop", "funcnets epoch", "torch tutorial", "torch well (1 thread)"} <= set(result["rows"])
+    assert result["device"] == "cpu" and result["window_steps"] == 10   # an MLP's window: the whole epoch
+    whole = result["whole_training"]
+    assert whole["epochs"] == 10 and len(whole["warm_runs_seconds"]) == 3
+    assert whole["cold_seconds"] > whole["warm_seconds"] > 0   # cold: its programs compile first
     assert result["flops_per_step"] >= 0.99 * 2 * (2 * 64 * 784 * 100)  # fc1 forward + weight gradient
     assert all(row["epoch_seconds"] > 0 and row["page_faults_per_step"] >= 0 for row in result["rows"].values())
     from funcnets import host_memory
@@ -265,6 +270,31 @@ def test_bench_runs_every_contestant_and_reports_ratios():
     assert table.count("| `mnist_mlp` (64) |") == len(result["rows"])
     faults = result["rows"]["funcnets loop"]["page_faults_per_step"]
     assert f"Page faults per step (median over windows): `mnist_mlp` funcnets loop {faults:,.0f}," in table
+    assert f"`mnist_mlp` 10 epochs in {whole['warm_seconds']:.2f} s warm (median of 3)" in table
+    assert "GPU" not in table.split("\n")[0]
+
+
+@pytest.mark.parametrize("argv, message", [
+    pytest.param(["--device", "gpu"], "--device gpu: JAX sees no GPU",
+                 marks=pytest.mark.skipif(jax.default_backend() == "gpu", reason="JAX sees a GPU here")),
+    (["--device", "cpu", "--tf32"], "--tf32: TF32 is a GPU precision"),
+    (["--repeats", "0"], "--repeats and --cnn-window must be at least 1"),
+    (["--whole-training", "resnet"], "invalid choice: 'resnet'"),
+])
+def test_bench_bad_flags_fail_before_any_work(argv, message, capsys, tmp_path):
+    """No GPU here: ``--device gpu`` says what is missing instead of timing
+    JAX on a GPU against PyTorch on the CPU."""
+    with pytest.raises(SystemExit) as exit_info:
+        bench.main(["--models", "mnist_mlp", "--out", str(tmp_path / "bench"), *argv])
+    assert exit_info.value.code == 2 and message in capsys.readouterr().err
+    assert not (tmp_path / "bench").exists()
+
+
+@pytest.mark.skipif(jax.default_backend() == "gpu", reason="JAX sees a GPU here")
+def test_bench_picks_the_cpu_where_no_gpu_is_seen():
+    assert bench.resolve_device("auto") == bench.resolve_device("cpu") == "cpu"
+    assert bench.torch_device("gpu") == "cuda" and bench.torch_device("cpu") == "cpu"
+    assert bench.set_precision("cpu", tf32=False) == "float32"
 
 
 def test_bench_speedups_pair_the_contestants_round_by_round():
