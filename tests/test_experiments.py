@@ -290,6 +290,41 @@ def test_bench_bad_flags_fail_before_any_work(argv, message, capsys, tmp_path):
     assert not (tmp_path / "bench").exists()
 
 
+def test_bench_gpu_mode_runs_its_contestants_there(monkeypatch):
+    """The GPU mode's own logic, on the CPU (no GPU here, and CI has none):
+    JAX's backend reported as "gpu", PyTorch's "cuda" as the CPU. Every
+    PyTorch window must end in a sync, and both frameworks must be set to full
+    float32."""
+    import torch
+
+    syncs = []
+    monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
+    monkeypatch.setattr(bench, "torch_device", lambda device: "cpu")
+    monkeypatch.setattr(bench, "torch_sync", lambda device: syncs.append(device))
+    monkeypatch.setattr(bench, "_gpu_memory_peaks_mb", lambda: {"jax": 3.0, "torch": 4.0})
+    saved = (jax.config.jax_default_matmul_precision, torch.backends.cuda.matmul.allow_tf32,
+             torch.backends.cudnn.allow_tf32)
+    try:
+        result = bench.bench_model("mnist_mlp", repeats=2, cnn_window=2, torch_compile=False, examples=256,
+                                   device="gpu")
+        assert jax.config.jax_default_matmul_precision == "float32"
+        assert not torch.backends.cuda.matmul.allow_tf32 and not torch.backends.cudnn.allow_tf32
+    finally:
+        jax.config.update("jax_default_matmul_precision", saved[0])
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved[1:]
+    assert list(result["rows"]) == ["funcnets loop", "funcnets epoch", "torch tutorial", "torch well (GPU)"]
+    assert result["window_steps"] == 4 and result["device"] == "gpu"   # a whole epoch, whatever --cnn-window
+    # the tutorial's first step (its windows read loss.item() every step), and the
+    # well loop's first step, warm-up window and 2 timed windows
+    assert syncs.count("gpu") == 1 + 4
+    table = bench.markdown([result], {"peak": 5e13, "jax": 5e13, "torch": 4e13},
+                           {"machine": "test", "jax": "x", "torch": "y", "gpu": "NVIDIA H100"})
+    assert "GPU: NVIDIA H100, full float32 in both frameworks, no TF32;" in table.splitlines()[0]
+    assert "float32 GEMM peak 50,000 GFLOP/s" in table
+    assert "Peak GPU memory per model process: `mnist_mlp` JAX 3 MB, PyTorch 4 MB." in table
+    assert "funcnets sets malloc up for CPU steps only" in result["host_malloc"]
+
+
 @pytest.mark.skipif(jax.default_backend() == "gpu", reason="JAX sees a GPU here")
 def test_bench_picks_the_cpu_where_no_gpu_is_seen():
     assert bench.resolve_device("auto") == bench.resolve_device("cpu") == "cpu"
