@@ -11,18 +11,32 @@ step writes to fresh pages, each a page fault and a page zeroed by the kernel:
 eager loop pays the same toll, 7,500 faults per step of the same net, through
 the trim threshold.)
 
-`reuse_freed_blocks` sets both thresholds with glibc's ``mallopt``::
+XLA:CPU's worker threads take memory too: a convolution run by an Eigen
+thread packs its operands into a buffer it mallocs there (``mnist_cnn``'s
+conv2 takes 42 MiB for its forward pass and weight gradient), so from that
+thread's arena. A thread arena grows in heaps of at most 64 MiB, and glibc
+unmaps a heap as soon as it is all free, whatever the thresholds, unless the
+top pad is as large as a heap (``heap_trim``): in some processes every step
+mapped a fresh heap and faulted its pages in, 500-7,000 faults a step, and
+``mnist_cnn``'s step took 40.8-52.5 ms across 10 processes (median 45.2)
+against 40.3-43.9 ms (median 41.0, every process fault-free) with the pad.
+
+`reuse_freed_blocks` sets all three with glibc's ``mallopt``::
 
     mmap threshold  128 MiB   blocks up to this size come from the heap
     trim threshold  256 MiB   free heap memory kept before any is given back
+    top pad          64 MiB   a thread arena keeps its heaps; the heap grows
+                              by this much more address space than it needs
 
 so steady-state steps reuse the same pages and fault almost never
-(``mnist_cnn``: 89 -> 63 s per epoch on 2 cores; README, Speed). The cost:
-up to 256 MiB of freed memory stays with the process instead of going back to
-the system. Blocks over 128 MiB, such as a whole 60,000-image MNIST split
-(180 MiB as float32), are still mapped and unmapped on their own, so a
-dataset's copies do not linger. (At 256 MiB they did: the MLP benchmark's
-peak resident memory grew from 1.3 to 1.6 GB.)
+(``mnist_cnn``: 89 -> 63 s per epoch on 2 cores with the thresholds; README,
+Speed). The cost: up to 256 MiB of freed memory stays with the main heap
+instead of going back to the system, and memory a worker thread freed stays
+in its arena (the pad itself is address space, not memory: pages are only
+resident once written). Blocks over 128 MiB, such as a whole 60,000-image
+MNIST split (180 MiB as float32), are still mapped and unmapped on their own,
+so a dataset's copies do not linger. (At a 256 MiB mmap threshold they did:
+the MLP benchmark's peak resident memory grew from 1.3 to 1.6 GB.)
 
 funcnets calls it once, the first time it runs a jitted program on the CPU
 (`funcnets.training`). It leaves ``malloc`` as it is when:
@@ -45,9 +59,10 @@ import platform
 
 MMAP_THRESHOLD = 128 << 20
 TRIM_THRESHOLD = 2 * MMAP_THRESHOLD    # glibc's own rule when it raises the mmap threshold
+TOP_PAD = 64 << 20                     # glibc's largest thread-arena heap on 64-bit (HEAP_MAX_SIZE)
 OPT_OUT = "FUNCNETS_HOST_MALLOC"
 OPT_OUT_VALUES = {"reuse": "the default: freed blocks reused", "system": "glibc's malloc left as it is"}
-_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3   # glibc's <malloc.h>
+_M_TRIM_THRESHOLD, _M_TOP_PAD, _M_MMAP_THRESHOLD = -1, -2, -3   # glibc's <malloc.h>
 _OTHER_ALLOCATORS = ("jemalloc", "tcmalloc", "mimalloc")
 
 _setting: str | None = None
@@ -79,8 +94,8 @@ def reason_to_leave_malloc_alone(environ=os.environ) -> str | None:
 
 
 def reuse_freed_blocks() -> str:
-    """Raise glibc's mmap and trim thresholds (see the module docstring), once
-    per process; returns `setting`. Raises ValueError, and changes nothing, for
+    """Raise glibc's mmap and trim thresholds and its top pad (see the module
+    docstring), once per process; returns `setting`. Raises ValueError, and changes nothing, for
     an unknown ``FUNCNETS_HOST_MALLOC`` value."""
     global _setting
     if _setting is None:
@@ -89,9 +104,10 @@ def reuse_freed_blocks() -> str:
             _setting = f"system malloc ({reason})"
         else:
             mallopt = ctypes.CDLL("libc.so.6").mallopt
-            if mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD) and mallopt(_M_TRIM_THRESHOLD, TRIM_THRESHOLD):
+            if (mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD) and mallopt(_M_TRIM_THRESHOLD, TRIM_THRESHOLD)
+                    and mallopt(_M_TOP_PAD, TOP_PAD)):
                 _setting = (f"freed blocks reused (glibc mmap threshold {MMAP_THRESHOLD >> 20} MiB, "
-                            f"trim threshold {TRIM_THRESHOLD >> 20} MiB)")
+                            f"trim threshold {TRIM_THRESHOLD >> 20} MiB, top pad {TOP_PAD >> 20} MiB)")
             else:
                 _setting = "system malloc (glibc's mallopt refused the thresholds)"
     return _setting
