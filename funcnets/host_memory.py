@@ -17,7 +17,7 @@ conv2 takes 42 MiB for its forward pass and weight gradient), so from that
 thread's arena. A thread arena grows in heaps of at most 64 MiB, and glibc
 unmaps a heap as soon as it is all free, whatever the thresholds, unless the
 top pad is as large as a heap (``heap_trim``): in some processes every step
-mapped a fresh heap and faulted its pages in, 500-7,000 faults a step, and
+mapped a fresh heap and faulted its pages in, 500-8,600 faults a step, and
 ``mnist_cnn``'s step took 40.8-52.5 ms across 10 processes (median 45.2)
 against 40.3-43.9 ms (median 41.0, every process fault-free) with the pad.
 
@@ -95,8 +95,8 @@ def reason_to_leave_malloc_alone(environ=os.environ) -> str | None:
 
 def reuse_freed_blocks() -> str:
     """Raise glibc's mmap and trim thresholds and its top pad (see the module
-    docstring), once per process; returns `setting`. Raises ValueError, and changes nothing, for
-    an unknown ``FUNCNETS_HOST_MALLOC`` value."""
+    docstring), once per process; returns `setting`. Raises ValueError, and
+    changes nothing, for an unknown ``FUNCNETS_HOST_MALLOC`` value."""
     global _setting
     if _setting is None:
         reason = reason_to_leave_malloc_alone()
