@@ -14,60 +14,57 @@ from funcnets import host_memory
 
 BLOCK_PAGES = (64 << 20) // os.sysconf("SC_PAGE_SIZE")   # one 64 MiB block, as big as mnist_cnn's temporaries
 
-# One jitted step (which sets host memory up), then a 64 MiB block allocated,
-# written and freed four times with the C library's malloc/free, as XLA:CPU's
-# buffers are (NumPy's own big blocks ask the kernel for huge pages instead):
-# the minor page faults of the last three.
-PROBE = """
-import ctypes, json, resource
+# A block allocated, written and freed four times with the C library's
+# malloc/free, as XLA:CPU's buffers are (NumPy's own big blocks ask the kernel
+# for huge pages instead): the minor page faults of the last three.
+BLOCKS = """
+import ctypes, json, resource, threading
+libc = ctypes.CDLL("libc.so.6")
+libc.malloc.restype, libc.free.argtypes = ctypes.c_void_p, [ctypes.c_void_p]
+
+def reuse_faults(mib, who=resource.RUSAGE_SELF):
+    faults = []
+    for _ in range(4):
+        before = resource.getrusage(who).ru_minflt
+        block = libc.malloc(mib << 20)
+        ctypes.memset(block, 1, mib << 20)
+        libc.free(block)
+        faults.append(resource.getrusage(who).ru_minflt - before)
+    return sum(faults[1:])
+"""
+
+# One jitted step (which sets host memory up), then 64 MiB blocks, as big as
+# mnist_cnn's temporaries.
+PROBE = BLOCKS + """
 import jax, jax.numpy as jnp
 import funcnets as fn
 from funcnets import host_memory
 assert host_memory.setting() is None
 state = fn.create_train_state(fn.models.get("mnist_mlp"), fn.optim.sgd(lr=0.01), jax.random.key(0))
 fn.train_step(state, (jnp.zeros((8, 28, 28, 1)), jnp.zeros((8,), jnp.int32)))
-libc = ctypes.CDLL("libc.so.6")
-libc.malloc.restype, libc.free.argtypes = ctypes.c_void_p, [ctypes.c_void_p]
-faults = []
-for _ in range(4):
-    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-    block = libc.malloc(64 << 20)
-    ctypes.memset(block, 1, 64 << 20)
-    libc.free(block)
-    faults.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
-print(json.dumps({"setting": host_memory.setting(), "faults": sum(faults[1:])}))
+print(json.dumps({"setting": host_memory.setting(), "faults": reuse_faults(64)}))
 """
-
 
 # XLA's worker threads take their convolutions' buffers (42 MiB for mnist_cnn's
 # conv2) from their own arenas, which grow in heaps of at most 64 MiB. With a
 # 48 MiB block held, each further 48 MiB block needs a second heap, which glibc
-# unmaps as soon as it is all free unless the top pad keeps it: the minor page
-# faults of the last three of four such blocks, in a fresh thread (and before
-# any XLA thread has made the arenas that a new thread would share).
-THREAD_PROBE = """
-import ctypes, json, resource, threading
+# unmaps as soon as it is all free unless the top pad keeps it. In a fresh
+# thread, before any XLA thread has made the arenas a new thread would share.
+THREAD_PROBE = BLOCKS + """
 from funcnets import host_memory
 setting = host_memory.reuse_freed_blocks()
-libc = ctypes.CDLL("libc.so.6")
-libc.malloc.restype, libc.free.argtypes = ctypes.c_void_p, [ctypes.c_void_p]
-faults = []
+result = {}
 
 def second_heap_blocks():
     held = libc.malloc(48 << 20)
     ctypes.memset(held, 1, 48 << 20)
-    for _ in range(4):
-        before = resource.getrusage(resource.RUSAGE_THREAD).ru_minflt
-        block = libc.malloc(48 << 20)
-        ctypes.memset(block, 1, 48 << 20)
-        libc.free(block)
-        faults.append(resource.getrusage(resource.RUSAGE_THREAD).ru_minflt - before)
+    result["faults"] = reuse_faults(48, resource.RUSAGE_THREAD)
     libc.free(held)
 
 worker = threading.Thread(target=second_heap_blocks)
 worker.start()
 worker.join()
-print(json.dumps({"setting": setting, "faults": sum(faults[1:])}))
+print(json.dumps({"setting": setting, **result}))
 """
 
 
