@@ -422,7 +422,7 @@ def bench_model(name: str, *, repeats: int, cnn_window: int | None, torch_compil
     result = {"model": name, "batch_size": batch, "optimizer": f"{optimizer}(lr={lr})", "window_steps": window,
               "steps_per_epoch": steps_per_epoch, "repeats": repeats, "flops_per_step": flops, "rows": rows,
               "notes": notes, "host_malloc": host_malloc, "dataset_mb": dataset_bytes / 2 ** 20,
-              "device": device, "precision": precision,
+              "device": device, "precision": precision, "tf32": tf32 and device == "gpu",
               "funcnets_resident_dataset_copies": (rss_funcnets - rss_start) / dataset_bytes,
               "funcnets_live_dataset_copies": (dataset_bytes + live_bytes) / dataset_bytes,
               "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
@@ -461,7 +461,7 @@ def markdown(results: list[dict], peak: dict, environment: dict) -> str:
     where = (f"GPU: {environment.get('gpu', environment.get('jax_device'))}, "
              f"{'; '.join(sorted({r['precision'] for r in results}))}; " if on_gpu else "")
     machine = (f"Machine: {environment['machine']}; {where}jax {environment['jax']}, "
-               f"torch {environment.get('torch')}; {'TF32' if 'TF32 matmuls' in where else 'float32'} GEMM peak "
+               f"torch {environment.get('torch')}; {'TF32' if any(r.get('tf32') for r in results) else 'float32'} GEMM peak "
                f"{peak['peak'] / 1e9:,.0f} GFLOP/s "
                f"(JAX {peak['jax'] / 1e9:,.0f}, PyTorch {peak['torch'] / 1e9:,.0f}). Host memory, for every "
                f"contestant alike: {'; '.join(sorted({r['host_malloc'] for r in results}))}.")
