@@ -1,11 +1,11 @@
 """Training speed, funcnets against PyTorch, measured in one run.
 
-    python -m experiments.bench                       # all four models; Markdown + JSON in reports/bench/
+    python -m experiments.bench                       # every tutorial net; Markdown + JSON in reports/bench/
     python -m experiments.bench --models mnist_cnn --repeats 5 --cnn-window 60
     python -m experiments.bench --models mnist_cnn --system-malloc   # glibc's malloc defaults for all
     python -m experiments.bench --device gpu          # on a GPU, both frameworks (the default where both see one)
 
-For each model at its tutorial batch size (MLP 64, MNIST CNN 64, CIFAR CNN 16,
+For each model at its tutorial batch size (MLP 64, MNIST CNN 64, Mastering CNN 32, CIFAR CNN 16,
 SimpleNet 64), on random data of the real shapes (60,000 28x28x1 images, or
 50,000 32x32x3), with the tutorial's optimizer, the contestants are:
 
@@ -77,7 +77,8 @@ import numpy as np
 CASES = {  # model: (batch size, image shape, training images, optimizer, lr)
     "mnist_mlp": (64, (28, 28, 1), 60_000, "sgd", 0.01),
     "simple_net": (64, (28, 28, 1), 60_000, "adam", 1e-3),
-    "mnist_cnn": (64, (28, 28, 1), 60_000, "adadelta", 0.5),
+    "mnist_cnn": (64, (28, 28, 1), 60_000, "adadelta", 1.0),
+    "mastering_cnn": (32, (28, 28, 1), 60_000, "adadelta", 0.5),
     "cifar_cnn": (16, (32, 32, 3), 50_000, "adam", 1e-3),
 }
 

@@ -34,7 +34,7 @@ from experiments import plots, tutorial as common
 from funcnets.data import DatasetNotFoundError
 from funcnets.fit import read_metrics
 
-EXPERIMENTS = ("mnist_mlp", "mnist_cnn", "cifar10_cnn", "simple_net")
+EXPERIMENTS = ("mnist_mlp", "mnist_cnn", "mastering_cnn", "cifar10_cnn", "simple_net")
 COLUMNS = ("train_loss", "train_accuracy", "test_loss", "test_accuracy", "epoch_seconds",
            "first_epoch_seconds", "samples_per_second", "parameters")
 
@@ -58,6 +58,9 @@ def parse(argv: list[str] | None):
     p = common.parser(tutorial, prog=f"python -m experiments.compare {known.experiment}",
                       description=f"{tutorial.name}: funcnets vs PyTorch from the same init and batches.")
     p.add_argument("--out", default=None, help="report folder (default: reports/<experiment>-<dataset>)")
+    p.add_argument("--torch-epochs", type=common.positive(int), default=None, metavar="N",
+                   help="train PyTorch for only the first N of --epochs (same init and batches), where "
+                        "its whole run would take too long; the report compares the epochs both ran")
     args = p.parse_args(rest)
     args.command = common.command_line("experiments.compare", argv)
     for flag in ("framework", "checkpoint_dir", "resume", "metrics_out"):
@@ -132,11 +135,32 @@ def markdown(tutorial, args, summaries: dict[str, dict], ratios: dict, steps: di
               f"({steps['count']} steps). Dropout masks differ between the frameworks; float32 "
               "reductions differ in the last bits, and training amplifies that.", "",
               f"Tutorial reports: {tutorial.reported or 'no number to compare'}.", "",
+              *epoch_table(summaries), "",
               "![curves](curves.png)", "", "![difference](difference.png)", "",
               "Reproduce:", "", "```bash", summaries["jax"]["command"], "```", "",
               "| | |", "| --- | --- |"]
     lines += [f"| {key} | {value} |" for key, value in env.items()]
     return "\n".join(lines) + "\n"
+
+
+def epoch_table(summaries: dict[str, dict]) -> list[str]:
+    """Per epoch, each framework's mean training loss and test accuracy (eval mode)
+    side by side; a framework that ran fewer epochs leaves its cells empty."""
+    lines = ["| epoch | JAX train loss | PyTorch train loss | JAX test acc. | PyTorch test acc. |",
+             "| --- | --- | --- | --- | --- |"]
+    jax_run, torch_run = summaries["jax"], summaries["torch"]
+    for e in range(max(len(jax_run["epoch_train_loss"]), len(torch_run["epoch_train_loss"]))):
+        cells = []
+        for key, fmt in (("epoch_train_loss", "{:.4f}"), ("epoch_test_accuracy", "{:.2%}")):
+            for run in (jax_run, torch_run):
+                values = run[key]
+                cells.append(fmt.format(values[e]) if e < len(values) else "-")
+        lines.append(f"| {e + 1} | {cells[0]} | {cells[1]} | {cells[2]} | {cells[3]} |")
+    for name, run in (("JAX", jax_run), ("PyTorch", torch_run)):
+        if run["test_accuracy_dropout_on"] is not None:
+            lines.append(f"\n{name} test accuracy with dropout active (as the tutorial tested, no eval()), "
+                         f"after epoch {run['epochs']}: {100 * run['test_accuracy_dropout_on']:.2f}%")
+    return lines
 
 
 def step_gap(jax_losses: np.ndarray, torch_losses: np.ndarray) -> dict:
@@ -155,8 +179,10 @@ def main(argv: list[str] | None = None) -> pathlib.Path:
     out = pathlib.Path(args.out or f"reports/{tutorial.name}-{data.dataset}")
     init = torch_init(tutorial.model, args.seed)
     summaries, records = {}, {}
+    epochs = args.epochs
     for framework in common.FRAMEWORKS:
         args.framework = framework
+        args.epochs = min(epochs, args.torch_epochs or epochs) if framework == "torch" else epochs
         print(f"\n== {tutorial.name} with {framework} ({plots.LABELS[framework]}) ==")
         metrics_path = out / framework / "metrics.jsonl"
         cache = common.run(tutorial, args, data, metrics_path, init=init)
@@ -166,6 +192,7 @@ def main(argv: list[str] | None = None) -> pathlib.Path:
         plots.plot_run(records[framework], common.companion(metrics_path, ".png"),
                        title=f"{tutorial.name} ({framework}, {data.dataset})")
 
+    args.epochs = epochs
     ratios = ratio_row(summaries)
     losses = {name: plots.step_losses(r) for name, r in records.items()}
     steps = step_gap(losses["jax"], losses["torch"])

@@ -74,8 +74,10 @@ def train(model, loss_fn, train_loader, optimizer, epoch, *, log_interval, recor
             "train_seconds": time.perf_counter() - start, "lr": optimizer.param_groups[0]["lr"]}
 
 
-def test(model, loss_fn, test_loader) -> dict:
-    model.eval()
+def test(model, loss_fn, test_loader, *, dropout_on: bool = False) -> dict:
+    """Mean loss and accuracy over the test set; in ``eval()`` mode unless
+    ``dropout_on`` (as a tutorial that never calls ``net.eval()`` tests)."""
+    model.train(dropout_on)
     test_loss, correct = 0.0, 0
     with torch.no_grad():
         for data, target in test_loader:
@@ -152,4 +154,11 @@ def run(tutorial, args, data, metrics_path: pathlib.Path, *, orders: list[np.nda
             _save(checkpoint, {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
                                "scheduler": scheduler.state_dict() if scheduler is not None else None,
                                "rng": torch.get_rng_state(), "epoch": epoch, "step": entry["step"]})
+    if tutorial.test_dropout and history:
+        from experiments.tutorial import dropout_line
+
+        entry = {"kind": "test_dropout_on", "step": history[-1]["step"], "epoch": history[-1]["epoch"],
+                 **test(model, loss_fn, test_loader, dropout_on=True)}
+        metrics.write(entry)
+        log(dropout_line(entry))
     return history

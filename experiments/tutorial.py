@@ -39,7 +39,7 @@ import numpy as np
 
 import funcnets as fn
 from funcnets.data import DatasetNotFoundError
-from funcnets.fit import read_metrics, steps_per_epoch
+from funcnets.fit import MetricsLog, read_metrics, steps_per_epoch
 from funcnets.training import epoch_order
 
 FRAMEWORKS = ("jax", "torch")
@@ -63,6 +63,8 @@ class Tutorial:
     reported: str | None = None       # what the tutorial reports, for the results table
     gamma: float | None = None        # StepLR's gamma per epoch (pytorch/examples: 0.7); None: constant lr
     optimizer_options: tuple[tuple[str, Any], ...] = ()
+    normalization: tuple[tuple[float, ...], tuple[float, ...]] | None = None  # the tutorial's Normalize(mean, std)
+    test_dropout: bool = False        # the tutorial tests without eval(): report that accuracy too
 
     def default_dataset(self) -> str:
         return "auto" if self.datasets[0] == "mnist" else self.datasets[0]
@@ -253,15 +255,23 @@ def load_data(tutorial: Tutorial, args, log: Callable[[str], None] = print) -> R
         raise SystemExit(f"error: {tutorial.model} takes {model.input_shape} images; "
                          f"{train.info.name} has {train.info.image_shape}")
     dtype = np.float64 if args.float64 else np.float32
-    x_train = fn.data.normalize(train.images, train.info).astype(dtype)
-    x_test = fn.data.normalize(test.images, test.info).astype(dtype)
+    info = train.info
+    if tutorial.normalization is not None:   # the tutorial's own constants (one value: every channel)
+        info = info._replace(mean=tutorial.normalization[0], std=tutorial.normalization[1])
+    x_train = fn.data.normalize(train.images, info).astype(dtype)
+    x_test = fn.data.normalize(test.images, info).astype(dtype)
     y_train, y_test = train.labels, test.labels
     if args.dry_run:
         x_train, y_train = x_train[: DRY_RUN_BATCHES * args.batch_size], y_train[: DRY_RUN_BATCHES * args.batch_size]
         x_test, y_test = x_test[: args.test_batch_size], y_test[: args.test_batch_size]
     log(f"Dataset: {train.info.name} from {train.info.source} [{choice}]: "
-        f"{len(y_train)} training and {len(y_test)} test images{' (dry run)' if args.dry_run else ''}")
+        f"{len(y_train)} training and {len(y_test)} test images{' (dry run)' if args.dry_run else ''}, "
+        f"normalised with mean {_constants(info.mean)}, std {_constants(info.std)}")
     return RunData(x_train, y_train, x_test, y_test, train.info.name, train.info.source, choice)
+
+
+def _constants(values) -> str:
+    return "(" + ", ".join(f"{v:.4g}" for v in values) + ")"
 
 
 # --- one run --------------------------------------------------------------------------
@@ -370,14 +380,47 @@ def run_jax(tutorial: Tutorial, args, data: RunData, metrics_path: pathlib.Path,
     train = (data.train_images, data.train_labels)
     test = (data.test_images, data.test_labels)
     if checkpoint_dir is None:
-        _, history = fn.fit(state, train, test, **fit_args)
-        return history
-    config = {"experiment": tutorial.name, "dataset": data.dataset, "seed": args.seed,
-              "batch_size": args.batch_size, "optimizer": args.optimizer, "lr": args.lr, "gamma": args.gamma}
-    with fn.checkpoint.Checkpointer(checkpoint_dir, save_every_steps=500, save_every_epoch=True,
-                                    config=config) as checkpointer:
-        _, history = fn.fit(state, train, test, checkpointer=checkpointer, resume=args.resume, **fit_args)
+        state, history = fn.fit(state, train, test, **fit_args)
+    else:
+        config = {"experiment": tutorial.name, "dataset": data.dataset, "seed": args.seed,
+                  "batch_size": args.batch_size, "optimizer": args.optimizer, "lr": args.lr, "gamma": args.gamma}
+        with fn.checkpoint.Checkpointer(checkpoint_dir, save_every_steps=500, save_every_epoch=True,
+                                        config=config) as checkpointer:
+            state, history = fn.fit(state, train, test, checkpointer=checkpointer, resume=args.resume,
+                                    **fit_args)
+    if tutorial.test_dropout and history and lead:
+        entry = dropout_on_test(state, data, args.test_batch_size, jax.random.key(args.seed), history[-1])
+        MetricsLog(metrics_path, resume_step=history[-1]["step"]).write(entry)
+        log(dropout_line(entry))
     return history
+
+
+def dropout_on_test(state, data: RunData, batch_size: int, key, last_epoch: dict) -> dict:
+    """Test loss and accuracy with dropout active (``train=True``), as a tutorial
+    that never calls ``net.eval()`` measured them; batch ``k`` draws its masks
+    from ``fold_in(key, k)``. A ``"test_dropout_on"`` metrics record."""
+    import jax
+    import jax.numpy as jnp
+
+    model = state.model
+    objective = fn.losses.for_outputs(model.outputs)
+
+    @jax.jit
+    def sums(params, images, labels, batch_key):
+        outputs = model.apply(params, images, train=True, rng=batch_key)
+        return objective(outputs, labels) * labels.shape[0], jnp.sum(jnp.argmax(outputs, -1) == labels)
+
+    n = len(data.test_labels)
+    parts = [sums(state.params, data.test_images[i:i + batch_size], data.test_labels[i:i + batch_size],
+                  jax.random.fold_in(key, k)) for k, i in enumerate(range(0, n, batch_size))]
+    loss, correct = (float(np.sum(np.asarray(jax.device_get(p), np.float64))) for p in zip(*parts))
+    return {"kind": "test_dropout_on", "step": last_epoch["step"], "epoch": last_epoch["epoch"],
+            "test_loss": loss / n, "test_accuracy": correct / n}
+
+
+def dropout_line(entry: dict) -> str:
+    return (f"Test with dropout active (no eval(), as the tutorial tested): loss {entry['test_loss']:.4f}, "
+            f"accuracy {100 * entry['test_accuracy']:.2f}%")
 
 
 def run_torch(tutorial: Tutorial, args, data: RunData, metrics_path: pathlib.Path, *,
@@ -452,6 +495,7 @@ def summarize(tutorial: Tutorial, args, data: RunData, framework: str, records: 
     with what the compilation cache did (`run`'s answer)."""
     history = [r for r in records if r["kind"] == "epoch"]
     last = history[-1]
+    dropout_on = [r for r in records if r["kind"] == "test_dropout_on"]
     model = fn.models.get(tutorial.model)
     return {"experiment": tutorial.name, "framework": framework, "model": tutorial.model,
             "dataset": data.dataset, "dataset_source": data.source, "dataset_choice": data.choice,
@@ -459,6 +503,9 @@ def summarize(tutorial: Tutorial, args, data: RunData, framework: str, records: 
             "test_examples": int(len(data.test_labels)),
             "train_loss": last["loss"], "train_accuracy": last["accuracy"],
             "test_loss": last["test_loss"], "test_accuracy": last["test_accuracy"],
+            "test_accuracy_dropout_on": dropout_on[-1]["test_accuracy"] if dropout_on else None,
+            "epoch_train_loss": [h["loss"] for h in history],
+            "epoch_test_accuracy": [h["test_accuracy"] for h in history],
             **timing(history, len(data.train_labels)), "parameters": model.param_count,
             "optimizer": args.optimizer, "optimizer_kwargs": optimizer_kwargs(tutorial, args),
             "gamma": args.gamma, "batch_size": args.batch_size, "seed": args.seed,
@@ -500,6 +547,8 @@ def main(tutorial: Tutorial, argv: list[str] | None = None) -> dict:
     plot = plots.plot_run(records, companion(metrics_path, ".png"),
                           title=f"{tutorial.name} ({args.framework}, {data.dataset})")
     print(f"Test accuracy: {100 * summary['test_accuracy']:.2f}% ({args.framework}, {data.dataset}, "
-          f"{summary['epochs']} epochs; steady epoch {summary['epoch_seconds']:.2f}s)")
+          f"{summary['epochs']} epochs; steady epoch {summary['epoch_seconds']:.2f}s)"
+          + (f"; with dropout active, as the tutorial tested: {100 * summary['test_accuracy_dropout_on']:.2f}%"
+             if summary["test_accuracy_dropout_on"] is not None else ""))
     print(f"Metrics: {metrics_path}\nPlot: {plot}")
     return summary

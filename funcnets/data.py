@@ -8,14 +8,19 @@
 ``info.source``:
 
 1. ``data_dir``, when given: the dataset's own published files in it (MNIST-style
-   IDX files, CIFAR-10 python or binary batches), or a TFDS copy prepared there;
+   IDX files, CIFAR-10 python or binary batches, or CIFAR-10 as an image-folder
+   tree ``train/<class>/*.jpg``, unpacked or as a ``.tar.gz``: `image_folder`),
+   or a TFDS copy prepared there;
 2. a TFDS copy prepared in TFDS's default data dir (``$TFDS_DATA_DIR`` or
    ``~/tensorflow_datasets``), read with ``as_data_source`` (no TensorFlow needed
    for ArrayRecord copies);
 3. known local folders (Debian's ``dataset-fashion-mnist`` installs
-   ``/usr/share/datasets/fashion-mnist``);
-4. a TFDS download (``download_and_prepare``, needs the network, and TensorFlow
-   for MNIST's archives).
+   ``/usr/share/datasets/fashion-mnist``) and funcnets' download cache
+   (``~/.cache/funcnets/data/<name>``);
+4. a download of the published files into that cache, each checked against its
+   published MD5 (`funcnets.download`; needs the network, not TensorFlow).
+
+Any other class-folder data set of one's own loads with `image_folder`.
 
 If every source fails, one `DatasetNotFoundError` lists what was tried and how to
 get the data. A file that is there but broken (truncated, wrong magic number,
@@ -33,6 +38,9 @@ import struct
 from typing import NamedTuple
 
 import numpy as np
+
+from funcnets import download as _download
+from funcnets import imagefolder
 
 SPLITS = ("train", "test")
 
@@ -72,35 +80,32 @@ class _Spec(NamedTuple):
     std: tuple[float, ...]
     known_dirs: tuple[str, ...]
     how_to_get: str
-    download_host: str | None = None  # where TFDS downloads it from: probed first, so offline fails fast
 
 
 _DIGIT_NAMES = tuple(str(d) for d in range(10))
 _SPECS = {
     "mnist": _Spec(
         "mnist", _DIGIT_NAMES, (28, 28, 1), (0.1307,), (0.3081,), ("/usr/share/datasets/mnist",),
-        "download the four IDX files (train-images-idx3-ubyte.gz, train-labels-idx1-ubyte.gz, "
-        "t10k-images-idx3-ubyte.gz, t10k-labels-idx1-ubyte.gz) from the MNIST site into a folder "
-        "and pass data_dir=<folder>; or prepare it with TFDS where the network is available "
-        "(tfds.builder('mnist').download_and_prepare(file_format='array_record')); offline, "
-        "Fashion-MNIST (`apt-get install dataset-fashion-mnist`) or 'digits' work",
-        "storage.googleapis.com"),
+        "with network, load it again with download=True (the default): funcnets fetches the four "
+        "published IDX files and checks them; or put train-images-idx3-ubyte.gz, "
+        "train-labels-idx1-ubyte.gz, t10k-images-idx3-ubyte.gz and t10k-labels-idx1-ubyte.gz in a "
+        "folder and pass data_dir=<folder>; offline, Fashion-MNIST (`apt-get install "
+        "dataset-fashion-mnist`) or 'digits' work"),
     "fashion_mnist": _Spec(
         "fashion_mnist",
         ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag",
          "Ankle boot"),
         (28, 28, 1), (0.2860,), (0.3530,), ("/usr/share/datasets/fashion-mnist",),
-        "`apt-get install dataset-fashion-mnist` (Debian; found without flags), or put the four "
-        "IDX files from github.com/zalandoresearch/fashion-mnist in a folder and pass data_dir=<folder>",
-        "fashion-mnist.s3-website.eu-central-1.amazonaws.com"),
+        "`apt-get install dataset-fashion-mnist` (Debian; found without flags), download=True with "
+        "network, or put the four IDX files from github.com/zalandoresearch/fashion-mnist in a "
+        "folder and pass data_dir=<folder>"),
     "cifar10": _Spec(
         "cifar10",
         ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"),
         (32, 32, 3), (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616), (),
-        "download cifar-10-python.tar.gz (or the binary version) from "
-        "https://www.cs.toronto.edu/~kriz/cifar.html, extract it and pass data_dir=<folder holding "
-        "cifar-10-batches-py>; or prepare it with TFDS where the network is available",
-        "www.cs.toronto.edu"),
+        "with network, download=True (the default) fetches cifar-10-python.tar.gz and checks it; "
+        "or pass data_dir=<folder> holding cifar-10-batches-py (or the binary batches), or an "
+        "image-folder tree train/<class>/*.jpg, test/<class>/*.jpg (unpacked or as a .tar.gz)"),
     "digits": _Spec(
         None, _DIGIT_NAMES, (28, 28, 1), (0.1558,), (0.2768,), (),
         "it ships with scikit-learn: `pip install scikit-learn`"),
@@ -113,10 +118,13 @@ def names() -> list[str]:
 
 
 def load(name: str, split: str = "train", *, data_dir: str | os.PathLike | None = None,
-         download: bool = True, shard: tuple[int, int] | None = None) -> Dataset:
+         download: bool = True, shard: tuple[int, int] | None = None,
+         cache_dir: str | os.PathLike | None = None) -> Dataset:
     """The whole ``split`` of dataset ``name`` as NumPy arrays (see the module doc for sources).
 
-    ``download=False`` skips the last source (a TFDS download).
+    ``download=False`` skips the last source (a download of the published files).
+    ``cache_dir``: funcnets' cache (downloads in ``<cache_dir>/data``, decoded
+    image folders in ``<cache_dir>/image_folders``); default ``~/.cache/funcnets``.
 
     ``shard=(index, count)``: only the ``index``-th of ``count`` consecutive
     blocks of the split, rows ``[index * n // count, (index + 1) * n // count)``
@@ -141,20 +149,22 @@ def load(name: str, split: str = "train", *, data_dir: str | os.PathLike | None 
         sources.append(("files", pathlib.Path(data_dir)))
         sources.append(("tfds", str(data_dir)))
     sources.append(("tfds", None))
-    sources += [("files", pathlib.Path(d)) for d in spec.known_dirs]
+    downloads = _download.dataset_dir(name, None if cache_dir is None else pathlib.Path(cache_dir) / "data")
+    sources += [("files", pathlib.Path(d)) for d in spec.known_dirs] + [("files", downloads)]
     if download:
-        sources.append(("tfds-download", None))
+        sources.append(("download", downloads))
 
+    folder_cache = None if cache_dir is None else pathlib.Path(cache_dir) / "image_folders"
     for kind, where in sources:
         try:
-            if kind == "files":
-                images, labels, source = _load_files(name, split, where)
+            if kind == "download":
+                where = _fetch(name, where.parent)
+            if kind in ("files", "download"):
+                images, labels, source = _load_files(name, split, where, folder_cache)
                 rows = shard_rows(len(labels), shard)
                 images, labels = images[rows], labels[rows]
             else:
-                if kind == "tfds-download":
-                    _check_reachable(spec.tfds_name, spec.download_host)
-                images, labels, source = _load_tfds(spec.tfds_name, split, where, kind == "tfds-download", shard)
+                images, labels, source = _load_tfds(spec.tfds_name, split, where, False, shard)
         except _Missing as missing:
             attempts.append(str(missing))
             continue
@@ -250,11 +260,29 @@ def _find(folder: pathlib.Path, stem: str) -> pathlib.Path | None:
     return None
 
 
-def _load_files(name: str, split: str, folder: pathlib.Path):
+def _fetch(name: str, cache: pathlib.Path) -> pathlib.Path:
+    try:
+        return _download.fetch(name, cache)
+    except _download.Unreachable as error:
+        raise _Missing(f"download of {name}: {error}") from None
+
+
+def _load_files(name: str, split: str, folder: pathlib.Path, folder_cache: pathlib.Path | None = None):
+    if name == "cifar10" and imagefolder.is_archive(folder):
+        return _load_cifar_folder(split, folder, folder_cache)
     if not folder.is_dir():
         raise _Missing(f"{folder}: no such folder")
     if name == "cifar10":
-        return _load_cifar(split, folder)
+        try:
+            return _load_cifar(split, folder)
+        except _Missing as missing:
+            for tree in _image_trees(folder, split):
+                try:
+                    return _load_cifar_folder(split, tree, folder_cache)
+                except _Missing:
+                    continue
+            raise _Missing(f"{missing}; nor an image-folder tree {split}/<class>/<image>, unpacked or "
+                           "as a .tar.gz") from None
     prefix = "train" if split == "train" else "t10k"
     image_path = _find(folder, f"{prefix}-images-idx3-ubyte")
     label_path = _find(folder, f"{prefix}-labels-idx1-ubyte")
@@ -290,6 +318,72 @@ def _load_cifar(split: str, folder: pathlib.Path):
                    "cifar-10-batches-py/ or cifar-10-batches-bin/")
 
 
+def _image_trees(folder: pathlib.Path, split: str) -> list[pathlib.Path]:
+    """Where an image-folder tree may be in ``folder``: itself (when it has a
+    ``<split>/`` of class folders), then its archives, sorted (each is opened
+    only when read; a cached one not at all)."""
+    trees = [folder] if imagefolder.has_split(folder, split) else []
+    return trees + sorted(p for p in folder.iterdir() if imagefolder.is_archive(p))
+
+
+def _load_cifar_folder(split: str, tree: pathlib.Path, folder_cache: pathlib.Path | None):
+    """CIFAR-10 from an image-folder tree, its class folders checked against CIFAR-10's order."""
+    try:
+        decoded = imagefolder.read_split(tree, split, cache_dir=folder_cache)
+    except FileNotFoundError as error:
+        raise _Missing(str(error)) from None
+    except imagefolder.ImageFolderError as error:
+        raise CorruptDatasetError(str(error)) from None
+    expected = _SPECS["cifar10"].class_names
+    if decoded.class_names != expected:
+        raise CorruptDatasetError(f"{tree}: class folders {list(decoded.class_names)} are not CIFAR-10's "
+                                  f"classes in its label order {list(expected)}")
+    kind = f"JPEG q{decoded.jpeg_quality} copy" if decoded.jpeg_quality else "image-folder copy"
+    return decoded.images, decoded.labels, f"CIFAR-10 ({kind}) from {decoded.source}"
+
+
+def image_folder(root: str | os.PathLike, split: str = "train", *, name: str | None = None,
+                 cache_dir: str | os.PathLike | None = None, shard: tuple[int, int] | None = None
+                 ) -> Dataset:
+    """A class-folder data set of one's own, ``<root>/<split>/<class>/<image>``
+    (torchvision's ``ImageFolder`` layout; ``root`` a folder or a ``.tar.gz``
+    of one), decoded with Pillow once and cached (`funcnets.imagefolder`).
+
+    Classes are the folder names, sorted; every image must have one shape
+    (the first odd file is named). ``info.mean``/``info.std`` are the
+    per-channel statistics of the ``train`` split, for `normalize`.
+    ``split`` is any subfolder name (``"train"``, ``"test"``, ``"val"``...).
+    ``cache_dir``: funcnets' cache (decoded splits in ``<cache_dir>/image_folders``;
+    default ``~/.cache/funcnets``); ``False`` decodes every time and caches nothing.
+
+    >>> import funcnets as fn
+    >>> train = fn.data.image_folder("flowers", "train")        # doctest: +SKIP
+    >>> x = fn.data.normalize(train.images, train.info)           # doctest: +SKIP
+    """
+    _check_shard(shard)
+    root = pathlib.Path(root)
+    folder_cache = cache_dir if cache_dir in (None, False) else pathlib.Path(cache_dir) / "image_folders"
+    try:
+        decoded = imagefolder.read_split(root, split, cache_dir=folder_cache)
+        train = decoded if split == "train" else imagefolder.read_split(root, "train", cache_dir=folder_cache)
+    except FileNotFoundError as error:
+        raise DatasetNotFoundError(str(error)) from None
+    except imagefolder.ImageFolderError as error:
+        raise CorruptDatasetError(str(error)) from None
+    if train.class_names != decoded.class_names:
+        raise CorruptDatasetError(f"{root}: the {split} split's classes {list(decoded.class_names)} differ "
+                                  f"from the train split's {list(train.class_names)}")
+    if train.images.shape[1:] != decoded.images.shape[1:]:
+        raise CorruptDatasetError(f"{root}: {split} images have shape {decoded.images.shape[1:]}, "
+                                  f"train images {train.images.shape[1:]}")
+    mean, std = imagefolder.channel_stats(train.images)
+    rows = shard_rows(len(decoded.labels), shard)
+    source = decoded.source + ("" if shard is None else f", shard {shard[0]} of {shard[1]}")
+    info = DatasetInfo(name or root.name.split(".")[0], split, len(decoded.class_names), decoded.class_names,
+                       decoded.images.shape[1:], mean, tuple(max(s, 1e-12) for s in std), source)
+    return Dataset(decoded.images[rows], decoded.labels[rows], info)
+
+
 def _read_cifar_pickle(path: pathlib.Path):
     try:
         with open(path, "rb") as f:
@@ -310,20 +404,6 @@ def _read_cifar_binary(path: pathlib.Path):
         raise CorruptDatasetError(f"{path}: {raw.size} bytes is not a whole number of 3073-byte records")
     records = raw.reshape(-1, 3073)
     return records[:, 1:].reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1), records[:, 0]
-
-
-def _check_reachable(tfds_name: str, host: str | None, timeout: float = 3.0) -> None:
-    """Fail a download in seconds when ``host`` cannot be reached, instead of
-    after TFDS's retries (minutes on an offline machine)."""
-    if host is None:
-        return
-    import socket
-
-    try:
-        socket.create_connection((host, 443), timeout=timeout).close()
-    except OSError as error:
-        raise _Missing(f"TFDS download of {tfds_name}: no network ({host} unreachable: "
-                       f"{type(error).__name__}: {error})") from None
 
 
 def _load_tfds(tfds_name: str, split: str, data_dir: str | None, download: bool, shard=None):

@@ -163,13 +163,14 @@ def conv2d(params: Params, x: jax.Array) -> jax.Array:
 
     Two shapes leave XLA's convolution:
 
-    - one input channel (``mnist_cnn``'s conv1): `single_channel_conv2d`, the
-      ``kh*kw`` shifted windows' weighted sum;
-    - an output smaller than the kernel in both spatial dims (``cifar_cnn``'s
-      conv4: 4x4 in, 2x2 out, 3x3 kernel): one matmul over its `patches`
-      (im2col). For that shape XLA:CPU computes the input gradient as a
-      convolution with the operands swapped, batch last, which took 2.5 ms
-      of a 19 ms ``cifar_cnn`` step; the matmul's gradients are matmuls.
+    - one input channel (``mnist_cnn``'s conv1, ``mastering_cnn``'s cn1):
+      `single_channel_conv2d`, the ``kh*kw`` shifted windows' weighted sum;
+    - an output smaller than the kernel in both spatial dims (e.g. a 3x3
+      kernel on a 4x4 map, 2x2 out): one matmul over its `patches` (im2col).
+      For that shape XLA:CPU computes the input gradient as a convolution
+      with the operands swapped, batch last, which took 2.5 ms of a 19 ms
+      step of the earlier reconstruction of ``cifar_cnn`` (max-pools between
+      its convs); the matmul's gradients are matmuls.
 
     Otherwise the bias is added by `add_bias`.
     """
@@ -209,8 +210,9 @@ def single_channel_conv2d(x: jax.Array, kernel: jax.Array, bias: jax.Array) -> j
     its weight gradient transposes the output gradient first. ``mnist_cnn``'s
     two-core step went from 71.0 to 67.2 ms this way (interleaved A/B, median
     of 30 windows; in a later A/B, 49.7 -> 46.6 ms, and on one thread 83.7
-    -> 78.7 ms). With three input channels (``cifar_cnn``'s conv1, 27 strided
-    windows) the same way was slower (19.1 -> 23.4 ms), so it is kept to one.
+    -> 78.7 ms). With three input channels (a CIFAR net's first conv, 27
+    strided windows) the same way was slower (19.1 -> 23.4 ms), so it is kept
+    to one.
     """
     _check_single_channel(x, kernel, bias)
     return _single_channel_forward(x, kernel, bias)
@@ -279,7 +281,7 @@ def add_bias(y: jax.Array, bias: jax.Array) -> jax.Array:
     matrix-vector product ``ones(N) @ g.reshape(N, C)`` (accumulated in at
     least float32): XLA:CPU's reductions run at about 2 ns an element, 7x
     slower than its matrix-vector product, and the conv biases' gradients
-    took 2.7 ms of a 19 ms ``cifar_cnn`` step."""
+    took 2.7 ms of a 19 ms step of the earlier ``cifar_cnn`` reconstruction."""
     if bias.shape != y.shape[-1:]:
         raise ValueError(f"add_bias: bias must have shape ({y.shape[-1]},) to match y's last axis, "
                          f"got {tuple(bias.shape)} for y of shape {tuple(y.shape)}")
@@ -362,6 +364,21 @@ def dropout(x: jax.Array, rate: float, rng: jax.Array | None, train: bool) -> ja
     if not train or rate == 0.0:
         return x
     return dropout_from_unit(x, rate, uniform_draws(rng, x.size))
+
+
+def dropout2d(x: jax.Array, rate: float, rng: jax.Array | None, train: bool) -> jax.Array:
+    """``nn.Dropout2d(rate)`` on an NHWC map ``(B, H, W, C)``: each of the ``B*C``
+    channels is zeroed whole with probability ``rate`` (one `uniform_draws`
+    draw each), survivors scaled by ``1 / (1 - rate)``; the identity when not
+    training."""
+    if not train or rate == 0.0:
+        return x
+    if x.ndim != 4:
+        raise ValueError(f"dropout2d: x must be an NHWC map (B, H, W, C), got shape {tuple(x.shape)}")
+    batch, _, _, channels = x.shape
+    unit = uniform_draws(rng, batch * channels).reshape(batch, 1, 1, channels)
+    keep = unit < 1.0 - rate
+    return jnp.where(keep, x / (1.0 - rate), jnp.zeros_like(x))
 
 
 def check_key(key, argument: str) -> None:

@@ -1,4 +1,4 @@
-"""The four tutorial nets as pure functions over plain nested-dict pytrees.
+"""The tutorial nets as pure functions over plain nested-dict pytrees.
 
 >>> import jax, jax.numpy as jnp, funcnets as fn
 >>> model = fn.models.get("mnist_cnn")
@@ -129,10 +129,10 @@ def _flatten(x: jax.Array) -> jax.Array:
 
 def _mnist_mlp(params, x, *, train, rng, dropout):
     del train, rng, dropout
-    with jax.named_scope("fc1"):
-        x = jax.nn.relu(layers.linear(params["fc1"], _flatten(x)))
-    with jax.named_scope("fc2"):
-        return jax.nn.log_softmax(layers.linear(params["fc2"], x), axis=-1)
+    with jax.named_scope("linear1"):
+        x = jax.nn.relu(layers.linear(params["linear1"], _flatten(x)))
+    with jax.named_scope("linear2"):
+        return jax.nn.log_softmax(layers.linear(params["linear2"], x), axis=-1)
 
 
 def _simple_net(params, x, *, train, rng, dropout):
@@ -170,29 +170,55 @@ def _mnist_cnn(params, x, *, train, rng, dropout):
         return jax.nn.log_softmax(layers.linear(params["fc2"], x), axis=-1)
 
 
-def _cifar_cnn(params, x, *, train, rng, dropout):
-    del train, rng, dropout
-    for name, pool in (("conv1", True), ("conv2", True), ("conv3", False), ("conv4", True)):
-        with jax.named_scope(name):
-            x = jax.nn.relu(layers.conv2d(params[name], x))
-            x = layers.max_pool2d(x) if pool else x
+def _mastering_cnn(params, x, *, train, rng, dropout):
+    with jax.named_scope("cn1"):
+        x = jax.nn.relu(layers.conv2d(params["cn1"], x))
+    with jax.named_scope("cn2"):
+        x = jax.nn.relu(layers.conv2d(params["cn2"], x))
+    with jax.named_scope("max_pool"):
+        x = layers.max_pool2d(x, 2)
+    masked = train and any(dropout)
+    if masked:
+        pooled_key, fc1_key = jax.random.split(rng)
+        with jax.named_scope("dp1"):
+            x = layers.dropout2d(x, dropout[0], pooled_key, train)
     with jax.named_scope("fc1"):
         x = jax.nn.relu(layers.linear(params["fc1"], _flatten(x)))
+    if masked:
+        with jax.named_scope("dp2"):
+            x = layers.dropout(x, dropout[1], fc1_key, train)
     with jax.named_scope("fc2"):
-        return layers.linear(params["fc2"], x)
+        return jax.nn.log_softmax(layers.linear(params["fc2"], x), axis=-1)
+
+
+def _cifar_cnn(params, x, *, train, rng, dropout):
+    for name in ("conv.0", "conv.2", "conv.4"):
+        with jax.named_scope(name):
+            x = jax.nn.relu(layers.conv2d(params[name], x))
+    with jax.named_scope("conv.6"):
+        x = layers.conv2d(params["conv.6"], x)          # no ReLU before the pool, as written
+    with jax.named_scope("conv.7"):
+        x = jnp.mean(x, axis=(1, 2))                    # AdaptiveAvgPool2d(1), then view(B, 64)
+    with jax.named_scope("fc.0"):
+        x = jax.nn.relu(layers.linear(params["fc.0"], x))
+    with jax.named_scope("fc.2"):
+        x = layers.dropout(x, dropout[0], rng, train)
+    with jax.named_scope("fc.3"):
+        return layers.linear(params["fc.3"], x)
 
 
 # --- the registry ------------------------------------------------------------
 
 def mnist_mlp() -> Model:
-    """784-100-10 MLP, ReLU, log-softmax output ("A Neural Net in PyTorch").
+    """``SimpleNeuralNet`` of "A Neural Net in PyTorch": 784-100-10, ReLU, log-softmax.
 
-    ``x (B, 28, 28, 1) -> flatten (B, 784) -> fc1 (B, 100) -> relu -> fc2 (B, 10)
+    ``x (B, 28, 28, 1) -> flatten (B, 784) -> linear1 (B, 100) -> relu -> linear2 (B, 10)
     -> log_softmax``; trained with NLL on the log-probabilities. 79,510 params.
+    The layer names are the tutorial's (``linear1``, ``linear2``).
     """
     return Model(
         name="mnist_mlp",
-        layers=(("fc1", layers.Linear(784, 100)), ("fc2", layers.Linear(100, 10))),
+        layers=(("linear1", layers.Linear(784, 100)), ("linear2", layers.Linear(100, 10))),
         forward=_mnist_mlp, input_shape=(28, 28, 1), num_classes=10, outputs="log_probs",
     )
 
@@ -218,7 +244,7 @@ def simple_net() -> Model:
 
 
 def mnist_cnn(dropout: tuple[float, float] = (0.25, 0.5)) -> Model:
-    """The pytorch/examples MNIST ``Net`` ("Mastering PyTorch", chapter 1).
+    """pytorch/examples' MNIST ``Net`` (``mnist/main.py``), the best-known MNIST CNN.
 
     ======================  ===================
     layer                   output (B, ...)
@@ -240,9 +266,7 @@ def mnist_cnn(dropout: tuple[float, float] = (0.25, 0.5)) -> Model:
 
     ``dropout``: the two rates; ``(0.0, 0.0)`` turns dropout off.
     """
-    rates = tuple(float(r) for r in dropout)
-    if len(rates) != 2 or not all(0.0 <= r < 1.0 for r in rates):
-        raise ValueError(f"mnist_cnn: dropout must be two rates in [0, 1), got {dropout!r}")
+    rates = _rates("mnist_cnn", dropout, 2)
     return Model(
         name="mnist_cnn",
         layers=(("conv1", layers.Conv2d(1, 32, 3)), ("conv2", layers.Conv2d(32, 64, 3)),
@@ -253,52 +277,94 @@ def mnist_cnn(dropout: tuple[float, float] = (0.25, 0.5)) -> Model:
     )
 
 
-def cifar_cnn() -> Model:
-    """The CIFAR-10 CNN of "Deep Learning Deep Dive", reconstructed.
+def mastering_cnn(dropout: tuple[float, float] = (0.10, 0.25)) -> Model:
+    """``ConvNet`` of "Mastering PyTorch", chapter 1 (the book's ``mnist_pytorch.ipynb``).
 
-    The article lists four 3x3 convs 3->64->128->128->64 and Linear 64->32,
-    32->10, trained with Adam (lr 1e-3, batch 16, 10 epochs, 61.2% test
-    accuracy). Its listing is garbled: no activation or pooling survives, and
-    ``x.view(B, 64)`` cannot follow four convs on a 32x32 input. The smallest
-    net that keeps every listed layer, PyTorch's default (VALID) padding, and
-    reduces the 64 channels to exactly 64 features is:
+    ========================  ===================
+    layer                     output (B, ...)
+    ========================  ===================
+    input                     28 x 28 x 1
+    cn1 1->16 3x3, relu       26 x 26 x 16
+    cn2 16->32 3x3, relu      24 x 24 x 32
+    max_pool 2                12 x 12 x 32
+    dp1 Dropout2d (0.10)      whole channels
+    flatten                   4608
+    fc1 4608->64, relu        64
+    dp2 Dropout2d (0.25)      on (B, 64): element-wise
+    fc2 64->10                10, then log_softmax
+    ========================  ===================
 
-    ======================  ==========================================
-    layer                   output (B, ...), and why
-    ======================  ==========================================
-    input                   32 x 32 x 3
-    conv1 3->64, relu       30 x 30 x 64
-    max_pool 2              15 x 15 x 64
-    conv2 64->128, relu     13 x 13 x 128
-    max_pool 2              6 x 6 x 128   (floor, as F.max_pool2d)
-    conv3 128->128, relu    4 x 4 x 128   (no pool: 2x2 would be too
-                                           small for conv4's 3x3)
-    conv4 128->64, relu     2 x 2 x 64
-    max_pool 2              1 x 1 x 64    -> flatten: the 64 features
-                                           that ``view(B, 64)`` expects
-    fc1 64->32, relu        32            (ReLU between the Linears: a
-                                           stack of Linears with nothing
-                                           between is one Linear)
-    fc2 32->10              10 logits     (trained with cross-entropy)
-    ======================  ==========================================
+    ``Dropout2d`` on the pooled ``(B, 12, 12, 32)`` map zeroes whole channels
+    (one draw per image and channel). On the 2-D ``(B, 64)`` input of ``dp2``,
+    PyTorch (2.13) warns that 2-D input is deprecated and applies ordinary
+    element-wise dropout, one draw per unit; so does this net. 300,426 params.
 
-    Choices: ReLU after every conv and fc1 (the article's other nets use ReLU);
-    max-pooling (not average) as in the article's MNIST CNN; no padding, no
-    dropout, no batch-norm (none is listed). 299,434 params.
+    ``dropout``: the two rates; ``(0.0, 0.0)`` turns dropout off.
     """
+    rates = _rates("mastering_cnn", dropout, 2)
+    return Model(
+        name="mastering_cnn",
+        layers=(("cn1", layers.Conv2d(1, 16, 3)), ("cn2", layers.Conv2d(16, 32, 3)),
+                ("fc1", layers.Linear(4608, 64, torch_input_chw=(32, 12, 12))),
+                ("fc2", layers.Linear(64, 10))),
+        forward=_mastering_cnn, input_shape=(28, 28, 1), num_classes=10, outputs="log_probs",
+        dropout=rates,
+    )
+
+
+def cifar_cnn(dropout: float = 0.5) -> Model:
+    """The CIFAR-10 ``Net(output_dim=10)`` of "Deep Learning Deep Dive", as its
+    author's code (github.com/luspr/deep-learning-deep-dive) writes it::
+
+        conv = Sequential(Conv2d(3, 64, 3), ReLU(), Conv2d(64, 128, 3), ReLU(),
+                          Conv2d(128, 128, 3), ReLU(), Conv2d(128, 64, 3), AdaptiveAvgPool2d(1))
+        fc   = Sequential(Linear(64, 32), ReLU(), Dropout(), Linear(32, 10))
+
+    ======================  ===================
+    layer                   output (B, ...)
+    ======================  ===================
+    input                   32 x 32 x 3
+    conv.0 3->64, relu      30 x 30 x 64
+    conv.2 64->128, relu    28 x 28 x 128
+    conv.4 128->128, relu   26 x 26 x 128
+    conv.6 128->64          24 x 24 x 64 (no ReLU)
+    conv.7 global mean      64
+    fc.0 64->32, relu       32
+    fc.2 dropout (0.5)
+    fc.3 32->10             10 logits (cross-entropy)
+    ======================  ===================
+
+    Parameter names are the ``nn.Sequential`` indices of the author's
+    ``state_dict`` (``conv.0`` ... ``fc.3``). 299,434 params.
+
+    ``dropout``: the rate of ``fc.2``; ``0.0`` turns it off.
+    """
+    (rate,) = _rates("cifar_cnn", (dropout,), 1)
     return Model(
         name="cifar_cnn",
-        layers=(("conv1", layers.Conv2d(3, 64, 3)), ("conv2", layers.Conv2d(64, 128, 3)),
-                ("conv3", layers.Conv2d(128, 128, 3)), ("conv4", layers.Conv2d(128, 64, 3)),
-                ("fc1", layers.Linear(64, 32)), ("fc2", layers.Linear(32, 10))),
+        layers=(("conv.0", layers.Conv2d(3, 64, 3)), ("conv.2", layers.Conv2d(64, 128, 3)),
+                ("conv.4", layers.Conv2d(128, 128, 3)), ("conv.6", layers.Conv2d(128, 64, 3)),
+                ("fc.0", layers.Linear(64, 32)), ("fc.3", layers.Linear(32, 10))),
         forward=_cifar_cnn, input_shape=(32, 32, 3), num_classes=10, outputs="logits",
+        dropout=(rate,),
     )
+
+
+def _rates(name: str, dropout, count: int) -> tuple[float, ...]:
+    try:
+        rates = tuple(float(r) for r in dropout)
+    except (TypeError, ValueError):
+        rates = ()
+    if len(rates) != count or not all(0.0 <= r < 1.0 for r in rates):
+        raise ValueError(f"{name}: dropout must be {count} rate(s) in [0, 1), got {dropout!r}")
+    return rates
 
 
 _REGISTRY: dict[str, Callable[..., Model]] = {
     "mnist_mlp": mnist_mlp,
     "simple_net": simple_net,
     "mnist_cnn": mnist_cnn,
+    "mastering_cnn": mastering_cnn,
     "cifar_cnn": cifar_cnn,
 }
 

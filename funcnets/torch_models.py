@@ -1,37 +1,56 @@
-"""The four nets in PyTorch, as the tutorials write them (needs ``torch``).
+"""The tutorial nets in PyTorch, as the tutorials write them (needs ``torch``).
 
-These are the references funcnets is checked against: same module names, same
-layers, same default init. Inputs are NCHW, as PyTorch expects.
+These are the references funcnets is checked against: the tutorials' own
+attribute names and nesting (so a ``state_dict`` saved by a tutorial's code
+loads into them and into `funcnets.interop.params_from_torch`), the same
+layers, the same default init. Inputs are NCHW, as PyTorch expects.
+
+=================  ==========================  ==========================================
+funcnets model     class here                  the tutorial's code
+=================  ==========================  ==========================================
+``mnist_mlp``      `SimpleNeuralNet`           "A Neural Net in PyTorch"
+``simple_net``     `SimpleNet`                 "Deep Learning Deep Dive"
+``mnist_cnn``      `MnistNet`                  pytorch/examples ``mnist/main.py`` ``Net``
+``mastering_cnn``  `ConvNet`                   "Mastering PyTorch" ch. 1 ``mnist_pytorch.ipynb``
+``cifar_cnn``      `CifarNet`                  "Deep Learning Deep Dive" (luspr/deep-learning-deep-dive ``Net``)
+=================  ==========================  ==========================================
+
+Modern readings: ``x.view(x.size(0), -1)`` is written ``torch.flatten(x, 1)``;
+`SimpleNet`, whose tutorial flattens the images before the call, flattens
+inside (a no-op on flat input).
 """
 
 from __future__ import annotations
+
+import warnings
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 
-class MnistMLP(nn.Module):
-    """"A Neural Net in PyTorch": 784-100-10, ReLU, log-softmax."""
+class SimpleNeuralNet(nn.Module):
+    """"A Neural Net in PyTorch": ``linear1`` (784 -> 100), ReLU, ``linear2`` (100 -> 10), log-softmax."""
 
-    def __init__(self):
+    def __init__(self, n_in: int = 784, n_hidden: int = 100, n_out: int = 10):
         super().__init__()
-        self.fc1 = nn.Linear(784, 100)
-        self.fc2 = nn.Linear(100, 10)
+        self.linear1 = nn.Linear(n_in, n_hidden)
+        self.linear2 = nn.Linear(n_hidden, n_out)
 
     def forward(self, x):
-        x = F.relu(self.fc1(torch.flatten(x, 1)))
-        return F.log_softmax(self.fc2(x), dim=1)
+        x = torch.flatten(x, 1)
+        x = F.relu(self.linear1(x))
+        return F.log_softmax(self.linear2(x), dim=-1)
 
 
 class SimpleNet(nn.Module):
     """"Deep Learning Deep Dive"'s SimpleNet: 784-128-64-10, ReLU after every layer."""
 
-    def __init__(self):
+    def __init__(self, input_size: int = 784, output_size: int = 10):
         super().__init__()
-        self.fc1 = nn.Linear(784, 128)
+        self.fc1 = nn.Linear(input_size, 128)
         self.fc2 = nn.Linear(128, 64)
-        self.fc3 = nn.Linear(64, 10)
+        self.fc3 = nn.Linear(64, output_size)
 
     def forward(self, x):
         x = torch.flatten(x, 1)
@@ -40,7 +59,7 @@ class SimpleNet(nn.Module):
         return F.relu(self.fc3(x))
 
 
-class MnistCNN(nn.Module):
+class MnistNet(nn.Module):
     """pytorch/examples ``mnist/main.py``'s ``Net``."""
 
     def __init__(self, dropout=(0.25, 0.5)):
@@ -64,31 +83,52 @@ class MnistCNN(nn.Module):
         return F.log_softmax(x, dim=1)
 
 
-class CifarCNN(nn.Module):
-    """"Deep Learning Deep Dive"'s CIFAR-10 CNN, reconstructed exactly as
-    `funcnets.models.cifar_cnn` documents."""
+class ConvNet(nn.Module):
+    """"Mastering PyTorch" chapter 1's ``ConvNet`` (``Chapter01/mnist_pytorch.ipynb``)."""
 
-    def __init__(self):
+    def __init__(self, dropout=(0.10, 0.25)):
         super().__init__()
-        self.conv1 = nn.Conv2d(3, 64, 3)
-        self.conv2 = nn.Conv2d(64, 128, 3)
-        self.conv3 = nn.Conv2d(128, 128, 3)
-        self.conv4 = nn.Conv2d(128, 64, 3)
-        self.fc1 = nn.Linear(64, 32)
-        self.fc2 = nn.Linear(32, 10)
+        self.cn1 = nn.Conv2d(1, 16, 3, 1)
+        self.cn2 = nn.Conv2d(16, 32, 3, 1)
+        self.dp1 = nn.Dropout2d(dropout[0])
+        self.dp2 = nn.Dropout2d(dropout[1])
+        self.fc1 = nn.Linear(4608, 64)
+        self.fc2 = nn.Linear(64, 10)
 
     def forward(self, x):
-        x = F.max_pool2d(F.relu(self.conv1(x)), 2)
-        x = F.max_pool2d(F.relu(self.conv2(x)), 2)
-        x = F.relu(self.conv3(x))
-        x = F.max_pool2d(F.relu(self.conv4(x)), 2)
-        x = x.view(x.size(0), 64)
+        x = F.relu(self.cn1(x))
+        x = F.relu(self.cn2(x))
+        x = F.max_pool2d(x, 2)
+        x = self.dp1(x)
+        x = torch.flatten(x, 1)
         x = F.relu(self.fc1(x))
-        return self.fc2(x)
+        with warnings.catch_warnings():  # 2-D input: element-wise dropout, as the book's torch ran it
+            warnings.filterwarnings("ignore", message=".*2-D input to dropout2d")
+            x = self.dp2(x)
+        x = self.fc2(x)
+        return F.log_softmax(x, dim=1)
 
 
-_BUILDERS = {"mnist_mlp": MnistMLP, "simple_net": SimpleNet, "mnist_cnn": MnistCNN,
-             "cifar_cnn": CifarCNN}
+class CifarNet(nn.Module):
+    """"Deep Learning Deep Dive"'s CIFAR-10 ``Net(output_dim)``, as its author's code writes it."""
+
+    def __init__(self, output_dim: int = 10, dropout: float = 0.5):
+        super().__init__()
+        self.conv = nn.Sequential(
+            nn.Conv2d(3, 64, 3), nn.ReLU(),
+            nn.Conv2d(64, 128, 3), nn.ReLU(),
+            nn.Conv2d(128, 128, 3), nn.ReLU(),
+            nn.Conv2d(128, 64, 3), nn.AdaptiveAvgPool2d(1))
+        self.fc = nn.Sequential(nn.Linear(64, 32), nn.ReLU(), nn.Dropout(dropout), nn.Linear(32, output_dim))
+
+    def forward(self, x):
+        x = self.conv(x)
+        x = x.view(x.shape[0], 64)
+        return self.fc(x)
+
+
+_BUILDERS = {"mnist_mlp": SimpleNeuralNet, "simple_net": SimpleNet, "mnist_cnn": MnistNet,
+             "mastering_cnn": ConvNet, "cifar_cnn": CifarNet}
 
 
 def build(name: str, **options) -> nn.Module:
@@ -100,4 +140,4 @@ def build(name: str, **options) -> nn.Module:
 
 def loss_fn(name: str):
     """The tutorial's loss: NLL after ``log_softmax``, else cross-entropy."""
-    return F.nll_loss if name in ("mnist_mlp", "mnist_cnn") else F.cross_entropy
+    return F.nll_loss if name in ("mnist_mlp", "mnist_cnn", "mastering_cnn") else F.cross_entropy

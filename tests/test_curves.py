@@ -9,12 +9,13 @@ weights one ulp up). Checks:
 * 50-step window means over the whole horizon (500 MLP / 100 CNN steps),
   within max(1e-2, 2 x PyTorch's own window noise).
 
-Three cifar_cnn cases are ulp-chaotic on this stream: a gradient at rounding
-level gets a sign-like adaptive step, and the loss of a later batch jumps.
-funcnets against *itself* with initial weights one ulp up measured
-3.9e-4 (sgd momentum), 1.4e-5 (adagrad) and 8.7e-3 (rmsprop) within 10 steps,
-the same size as its gap to PyTorch, while float64 agrees to 1e-13
-(test_optim). For them the per-step check covers the first 4 steps.
+Some cases are ulp-chaotic: a gradient at rounding level gets a sign-like
+adaptive step (Adagrad's and RMSprop's first steps are ``lr * g / |g|``), and
+the next loss jumps. On ``cifar_cnn`` with Adagrad, step 2 moves by 1.2e-4 in
+PyTorch and by 1.4e-4 in funcnets when the initial weights move one ulp, and
+the curves meet again at step 3, while float64 agrees to 1e-13 (test_optim).
+Where a gap exceeds a tolerance, the check measures funcnets' own noise the
+same way and allows the sum of both frameworks' noise.
 """
 
 import json
@@ -28,9 +29,7 @@ from experiments import reference_curves
 from funcnets.parity import OptimizerSpec, jax_curve, numpy_init, synthetic_batches
 
 GOLDEN_DIR = pathlib.Path(__file__).parent / "golden"
-PER_STEP_TOLERANCE = {"mnist_mlp": 1e-5, "simple_net": 1e-5, "mnist_cnn": 5e-5, "cifar_cnn": 5e-5}
-ULP_CHAOTIC = {("cifar_cnn", "sgd(lr=0.01,momentum=0.9)"), ("cifar_cnn", "adagrad(lr=0.01)"),
-               ("cifar_cnn", "rmsprop(lr=0.001)")}
+PER_STEP_TOLERANCE = reference_curves.PER_STEP_TOLERANCE
 
 
 def _golden(name):
@@ -51,10 +50,6 @@ def _run(name, case, steps):
     return model, spec, numpy_init(model, reference_curves.INIT_SEED), batches
 
 
-def _per_step_horizon(name, case):
-    return 4 if (name, case["label"]) in ULP_CHAOTIC else _golden(name)["per_step_horizon"]
-
-
 def test_goldens_describe_the_current_cases():
     for name, (steps, batch_size, per_step) in reference_curves.HORIZONS.items():
         data = _golden(name)
@@ -63,27 +58,41 @@ def test_goldens_describe_the_current_cases():
         assert all(len(c["losses"]) == steps for c in data["cases"])
 
 
+def _own_noise(name, case, steps, ours):
+    """funcnets against itself from initial weights one ulp up, and one ulp down
+    (PyTorch's noise was measured with the first): ``(largest per-step gap,
+    largest window-mean gap)``."""
+    model, spec, init, batches = _run(name, case, steps)
+    horizon = _golden(name)["per_step_horizon"]
+    per_step = window = 0.0
+    for direction in (np.inf, -np.inf):
+        nudged, _ = jax_curve(model, spec, {k: np.nextafter(v, np.float32(direction)) for k, v in init.items()},
+                              batches)
+        per_step = max(per_step, float(np.abs(ours[:horizon] - nudged[:horizon]).max()))
+        if steps >= reference_curves.WINDOW:
+            window = max(window, float(np.abs(reference_curves.window_means(ours)
+                                              - reference_curves.window_means(nudged)).max()))
+    return per_step, window
+
+
 @pytest.mark.parametrize("name, index", list(_cases()))
 def test_curve_matches_pytorch_golden(name, index):
     data = _golden(name)
     case = data["cases"][index]
     ours, _ = jax_curve(*_run(name, case, data["steps"]))
-    golden = np.asarray(case["losses"], np.float32)
-    horizon = _per_step_horizon(name, case)
-    per_step_gap = np.abs(ours[:horizon] - golden[:horizon]).max()
-    window_gap = np.abs(reference_curves.window_means(ours) - reference_curves.window_means(golden)).max()
+    per_step_gap, window_gap = reference_curves.curve_gaps(data, case, ours)
+    per_step_tolerance = PER_STEP_TOLERANCE[name]
     window_tolerance = max(1e-2, 2 * case["self_noise_window_max"])
-    if window_gap > window_tolerance:
-        # Two chaotic runs drift apart by up to both frameworks' own noise: measure funcnets' (initial
-        # weights one ulp up, as PyTorch's was measured) and allow the sum.
-        model, spec, init, batches = _run(name, case, data["steps"])
-        nudged, _ = jax_curve(model, spec, {k: np.nextafter(v, np.float32(np.inf)) for k, v in init.items()},
-                              batches)
-        own_noise = np.abs(reference_curves.window_means(ours) - reference_curves.window_means(nudged)).max()
-        window_tolerance = max(window_tolerance, case["self_noise_window_max"] + own_noise)
-    print(f"{name} {case['label']}: per-step {per_step_gap:.1e} over {horizon} (tol {PER_STEP_TOLERANCE[name]:.0e}), "
-          f"windows {window_gap:.1e} (tol {window_tolerance:.1e}; PyTorch self-noise {case['self_noise_window_max']:.1e})")
-    assert per_step_gap <= PER_STEP_TOLERANCE[name]
+    if per_step_gap > per_step_tolerance or window_gap > window_tolerance:
+        # Two chaotic runs drift apart by up to both frameworks' own noise: allow the sum.
+        own_per_step, own_window = _own_noise(name, case, data["steps"], ours)
+        per_step_tolerance = max(per_step_tolerance, case["self_noise_per_step_max"] + own_per_step)
+        window_tolerance = max(window_tolerance, case["self_noise_window_max"] + own_window)
+    print(f"{name} {case['label']}: per-step {per_step_gap:.1e} over {data['per_step_horizon']} "
+          f"(tol {per_step_tolerance:.1e}), windows {window_gap:.1e} (tol {window_tolerance:.1e}; "
+          f"PyTorch self-noise {case['self_noise_per_step_max']:.1e} per step, "
+          f"{case['self_noise_window_max']:.1e} windows)")
+    assert per_step_gap <= per_step_tolerance
     assert window_gap <= window_tolerance
 
 
@@ -94,11 +103,15 @@ def test_curve_matches_pytorch_live(name, index):
     from funcnets.parity import torch_curve
 
     case = _golden(name)["cases"][index]
-    horizon = _per_step_horizon(name, case)
+    horizon = _golden(name)["per_step_horizon"]
     model, spec, state_dict, batches = _run(name, case, horizon)
     ours, _ = jax_curve(model, spec, state_dict, batches)
     theirs, _ = torch_curve(model, spec, state_dict, batches)
-    assert np.abs(ours - theirs).max() <= PER_STEP_TOLERANCE[name]
+    gap = np.abs(ours - theirs).max()
+    tolerance = PER_STEP_TOLERANCE[name]
+    if gap > tolerance:
+        tolerance = max(tolerance, case["self_noise_per_step_max"] + _own_noise(name, case, horizon, ours)[0])
+    assert gap <= tolerance
 
 
 @pytest.mark.parametrize("name", [
@@ -106,5 +119,18 @@ def test_curve_matches_pytorch_live(name, index):
     pytest.param("mnist_cnn", marks=pytest.mark.slow), pytest.param("cifar_cnn", marks=pytest.mark.slow),
 ])
 def test_regenerating_goldens_reproduces_the_committed_files(name):
+    """PyTorch, run again here, draws the committed curves within its own noise
+    (bit for bit only on the CPU model that recorded them: `--check --exact`)."""
     pytest.importorskip("torch")
     assert reference_curves.main(["--check", "--models", name]) == 0
+
+
+def test_regeneration_check_fails_on_a_changed_curve(monkeypatch):
+    """The tolerant check is not blind: a curve moved by 2e-5 at step 3 fails it."""
+    golden = _golden("mnist_mlp")
+    case = golden["cases"][0]
+    assert reference_curves.within_tolerance(golden, case, np.asarray(case["losses"]))[0]
+    moved = np.asarray(case["losses"], np.float32).copy()
+    moved[3] += 2e-5
+    ok, line = reference_curves.within_tolerance(golden, case, moved)
+    assert not ok and "per-step 2.0e-05" in line

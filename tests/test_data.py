@@ -34,12 +34,16 @@ def test_real_mnist_test_split_from_idx_files():
 
 
 @needs_mnist
-def test_missing_training_images_is_one_clear_error():
+def test_missing_training_images_is_one_clear_error(tmp_path):
+    """A folder with MNIST's test files only (links to the real ones)."""
+    for name in ("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz", "train-labels-idx1-ubyte.gz"):
+        (tmp_path / name).symlink_to(SHARED_MNIST / name)
+    assert data.load("mnist", "test", data_dir=tmp_path, download=False).images.shape == (10000, 28, 28, 1)
     with pytest.raises(data.DatasetNotFoundError) as error:
-        data.load("mnist", "train", data_dir=SHARED_MNIST, download=False)
+        data.load("mnist", "train", data_dir=tmp_path, download=False, cache_dir=tmp_path / "cache")
     message = str(error.value)
     assert "dataset 'mnist' (train split) was not found. Tried:" in message
-    assert f"{SHARED_MNIST}: no train-images-idx3-ubyte[.gz]" in message
+    assert f"{tmp_path}: no train-images-idx3-ubyte[.gz]" in message
     assert "default TFDS data dir" in message and "To get it:" in message and "dataset-fashion-mnist" in message
 
 

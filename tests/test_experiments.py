@@ -9,13 +9,14 @@ import numpy as np
 import pytest
 
 import funcnets as fn
-from experiments import bench, cifar10_cnn, compare, mnist_cnn, mnist_mlp, optimizers, simple_net
+from experiments import bench, cifar10_cnn, compare, mastering_cnn, mnist_cnn, mnist_mlp, optimizers, simple_net
 from experiments import tutorial as common
 from funcnets.fit import read_metrics
 
 pytest.importorskip("torch")
 
-SCRIPTS = {"mnist_mlp": mnist_mlp, "mnist_cnn": mnist_cnn, "simple_net": simple_net, "cifar10_cnn": cifar10_cnn}
+SCRIPTS = {"mnist_mlp": mnist_mlp, "mnist_cnn": mnist_cnn, "mastering_cnn": mastering_cnn, "simple_net": simple_net,
+           "cifar10_cnn": cifar10_cnn}
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
@@ -69,7 +70,15 @@ def test_script_dry_run_writes_metrics_plot_and_summary(name, framework, tmp_pat
     records = _check_metrics(tmp_path / "metrics.jsonl", epochs=2, steps_per_epoch=common.DRY_RUN_BATCHES)
     assert _is_png(tmp_path / "metrics.png")
     saved = json.loads((tmp_path / "metrics.summary.json").read_text())
-    assert saved["test_accuracy"] == summary["test_accuracy"] == records[-1]["test_accuracy"]
+    last_epoch = [r for r in records if r["kind"] == "epoch"][-1]
+    assert saved["test_accuracy"] == summary["test_accuracy"] == last_epoch["test_accuracy"]
+    dropout_on = [r for r in records if r["kind"] == "test_dropout_on"]
+    if tutorial.test_dropout:   # the CIFAR tutorial tested with dropout active: both numbers are reported
+        assert len(dropout_on) == 1 and dropout_on[0]["step"] == last_epoch["step"]
+        assert saved["test_accuracy_dropout_on"] == dropout_on[0]["test_accuracy"]
+        assert "Test with dropout active (no eval(), as the tutorial tested)" in out
+    else:
+        assert dropout_on == [] and saved["test_accuracy_dropout_on"] is None
     assert saved["framework"] == framework and saved["parameters"] == fn.models.get(tutorial.model).param_count
     assert saved["optimizer"] == tutorial.optimizer and saved["batch_size"] == tutorial.batch_size
 
@@ -102,13 +111,19 @@ def test_a_later_run_loads_its_compiled_steps_from_the_cache(tmp_path, capsys):
 def test_tutorial_defaults_are_the_published_settings():
     assert (mnist_mlp.TUTORIAL.optimizer, mnist_mlp.TUTORIAL.lr, mnist_mlp.TUTORIAL.batch_size,
             mnist_mlp.TUTORIAL.epochs) == ("sgd", 0.01, 64, 10)
-    assert (mnist_cnn.TUTORIAL.optimizer, mnist_cnn.TUTORIAL.lr) == ("adadelta", 0.5)
-    assert (cifar10_cnn.TUTORIAL.optimizer, cifar10_cnn.TUTORIAL.lr, cifar10_cnn.TUTORIAL.batch_size,
-            cifar10_cnn.TUTORIAL.epochs) == ("adam", 1e-3, 16, 10)
+    t = mnist_cnn.TUTORIAL   # pytorch/examples mnist/main.py
+    assert (t.model, t.optimizer, t.lr, t.gamma, t.batch_size, t.test_batch_size, t.epochs) == (
+        "mnist_cnn", "adadelta", 1.0, 0.7, 64, 1000, 14)
+    t = mastering_cnn.TUTORIAL   # the book's notebook
+    assert (t.model, t.optimizer, t.lr, t.gamma, t.batch_size, t.test_batch_size, t.epochs, t.normalization) == (
+        "mastering_cnn", "adadelta", 0.5, None, 32, 500, 2, ((0.1302,), (0.3069,)))
+    t = cifar10_cnn.TUTORIAL     # the author's code
+    assert (t.model, t.optimizer, t.lr, t.batch_size, t.test_batch_size, t.epochs, t.normalization,
+            t.test_dropout) == ("cifar_cnn", "adam", 1e-3, 16, 16, 10, ((0.1307,), (0.3081,)), True)
     assert (simple_net.TUTORIAL.optimizer, simple_net.TUTORIAL.lr) == ("adam", 1e-3)
-    args = common.parser(mnist_cnn.TUTORIAL).parse_args(["--gamma", "0.7"])
+    args = common.parser(mnist_cnn.TUTORIAL).parse_args([])
     schedule = common.learning_rate(mnist_cnn.TUTORIAL, args, steps_per_epoch=10)
-    assert float(schedule(9)) == pytest.approx(0.5) and float(schedule(10)) == pytest.approx(0.35)
+    assert float(schedule(9)) == pytest.approx(1.0) and float(schedule(10)) == pytest.approx(0.7)
 
 
 def test_both_frameworks_see_the_same_batches():

@@ -1,4 +1,5 @@
-"""The four models: shapes, parameter counts, PyTorch init, forward parity, interop."""
+"""The tutorial nets: shapes, parameter counts, PyTorch init, forward parity, interop
+(also with state dicts saved by the tutorials' own code), dropout semantics."""
 
 import jax
 import jax.numpy as jnp
@@ -12,11 +13,12 @@ torch = pytest.importorskip("torch")
 from funcnets import torch_models  # noqa: E402
 
 # PyTorch's own counts: sum(p.numel() for p in net.parameters())
-PARAM_COUNTS = {"mnist_mlp": 79_510, "simple_net": 109_386, "mnist_cnn": 1_199_882, "cifar_cnn": 299_434}
+PARAM_COUNTS = {"mnist_mlp": 79_510, "simple_net": 109_386, "mnist_cnn": 1_199_882, "mastering_cnn": 300_426,
+                "cifar_cnn": 299_434}
 
 
-def test_registry_lists_the_four_models():
-    assert fn.models.names() == ["mnist_mlp", "simple_net", "mnist_cnn", "cifar_cnn"]
+def test_registry_lists_the_tutorial_nets():
+    assert fn.models.names() == ["mnist_mlp", "simple_net", "mnist_cnn", "mastering_cnn", "cifar_cnn"]
 
 
 def test_unknown_model_name_is_a_clear_error():
@@ -128,11 +130,11 @@ def test_ported_params_load_into_torch_and_agree():
 def test_bad_state_dict_names_the_problem():
     model = fn.models.get("mnist_mlp")
     state_dict = dict(torch_models.build("mnist_mlp").state_dict())
-    del state_dict["fc2.bias"]
-    with pytest.raises(ValueError, match=r"missing \['fc2.bias'\]"):
+    del state_dict["linear2.bias"]
+    with pytest.raises(ValueError, match=r"missing \[.linear2.bias.\]"):
         fn.interop.params_from_torch(model, state_dict)
     wrong = {k: torch.zeros(v.shape[::-1]) for k, v in torch_models.build("mnist_mlp").state_dict().items()}
-    with pytest.raises(ValueError, match="shapes do not match mnist_mlp.*fc1.weight"):
+    with pytest.raises(ValueError, match="shapes do not match mnist_mlp.*linear1.weight"):
         fn.interop.params_from_torch(model, wrong)
 
 
@@ -361,3 +363,103 @@ def test_dropout_draws_its_own_mask_and_is_the_identity_at_eval():
     np.testing.assert_array_equal(dropped, expected)
     assert set(np.unique(np.asarray(dropped))) == {0.0, np.float32(1 / 0.75)}
     assert abs(float((dropped > 0).mean()) - 0.75) < 0.02
+
+
+# --- the tutorials' own code --------------------------------------------------------------
+# Each class below is written as its tutorial writes it (modern PyTorch: super().__init__()),
+# independently of funcnets.torch_models: a state_dict it saves must load into funcnets.
+
+class TutorialSimpleNeuralNet(torch.nn.Module):   # "A Neural Net in PyTorch"
+    def __init__(self, n_in, n_hidden, n_out):
+        super().__init__()
+        self.linear1 = torch.nn.Linear(n_in, n_hidden)
+        self.linear2 = torch.nn.Linear(n_hidden, n_out)
+
+    def forward(self, x):
+        x = x.view(x.size(0), -1)
+        x = torch.nn.functional.relu(self.linear1(x))
+        return torch.nn.functional.log_softmax(self.linear2(x), dim=-1)
+
+
+class TutorialConvNet(torch.nn.Module):   # "Mastering PyTorch" ch. 1, mnist_pytorch.ipynb
+    def __init__(self):
+        super().__init__()
+        self.cn1 = torch.nn.Conv2d(1, 16, 3, 1)
+        self.cn2 = torch.nn.Conv2d(16, 32, 3, 1)
+        self.dp1 = torch.nn.Dropout2d(0.10)
+        self.dp2 = torch.nn.Dropout2d(0.25)
+        self.fc1 = torch.nn.Linear(4608, 64)
+        self.fc2 = torch.nn.Linear(64, 10)
+
+    def forward(self, x):
+        x = torch.nn.functional.relu(self.cn1(x))
+        x = torch.nn.functional.relu(self.cn2(x))
+        x = torch.nn.functional.max_pool2d(x, 2)
+        x = self.dp1(x)
+        x = torch.flatten(x, 1)
+        x = torch.nn.functional.relu(self.fc1(x))
+        x = self.dp2(x)
+        return torch.nn.functional.log_softmax(self.fc2(x), dim=1)
+
+
+class TutorialCifarNet(torch.nn.Module):   # "Deep Learning Deep Dive", luspr/deep-learning-deep-dive
+    def __init__(self, output_dim):
+        super().__init__()
+        self.conv = torch.nn.Sequential(
+            torch.nn.Conv2d(3, 64, 3), torch.nn.ReLU(), torch.nn.Conv2d(64, 128, 3), torch.nn.ReLU(),
+            torch.nn.Conv2d(128, 128, 3), torch.nn.ReLU(), torch.nn.Conv2d(128, 64, 3),
+            torch.nn.AdaptiveAvgPool2d(1))
+        self.fc = torch.nn.Sequential(torch.nn.Linear(64, 32), torch.nn.ReLU(), torch.nn.Dropout(),
+                                      torch.nn.Linear(32, output_dim))
+
+    def forward(self, x):
+        x = self.conv.forward(x)
+        x = x.view(x.shape[0], 64)
+        return self.fc.forward(x)
+
+
+@pytest.mark.filterwarnings("ignore:dropout2d. Received a 2-D input")   # the book's dp2, as it ran
+@pytest.mark.parametrize("name, tutorial_net", [
+    ("mnist_mlp", lambda: TutorialSimpleNeuralNet(784, 100, 10)),
+    ("mastering_cnn", TutorialConvNet),
+    ("cifar_cnn", lambda: TutorialCifarNet(10)),
+])
+def test_a_state_dict_saved_by_the_tutorials_code_loads(name, tutorial_net, tmp_path, x64):
+    torch.manual_seed(0)
+    net = tutorial_net().double().eval()
+    torch.save(net.state_dict(), tmp_path / "net.pt")
+    model = fn.models.get(name)
+    params = fn.interop.params_from_torch(model, torch.load(tmp_path / "net.pt"))
+    assert sorted(params) == sorted({key.rsplit(".", 1)[0] for key in net.state_dict()})
+    x = np.random.default_rng(0).standard_normal((4, *model.input_shape))
+    theirs = net(torch.from_numpy(x.transpose(0, 3, 1, 2).copy())).detach().numpy()
+    assert np.abs(np.asarray(model.apply(params, jnp.asarray(x))) - theirs).max() <= 1e-12
+    assert torch_models.build(name).load_state_dict(net.state_dict())   # and into the twin
+
+
+def test_dropout2d_zeroes_whole_channels(getkey):
+    x = jnp.ones((16, 12, 12, 32))
+    y = np.asarray(fn.layers.dropout2d(x, 0.25, getkey(), train=True))
+    per_channel = y.reshape(16, 144, 32)
+    assert (per_channel.min(axis=1) == per_channel.max(axis=1)).all()   # each channel all kept or all zero
+    assert set(np.unique(y).tolist()) == {0.0, float(np.float32(1) / np.float32(0.75))}
+    dropped = (per_channel[:, 0, :] == 0).mean()
+    assert abs(dropped - 0.25) < 5 * np.sqrt(0.25 * 0.75 / (16 * 32))
+    assert fn.layers.dropout2d(x, 0.25, None, train=False) is x
+    with pytest.raises(ValueError, match=r"NHWC map \(B, H, W, C\), got shape \(16, 64\)"):
+        fn.layers.dropout2d(jnp.ones((16, 64)), 0.25, getkey(), train=True)
+
+
+@pytest.mark.parametrize("name", ["mastering_cnn", "cifar_cnn"])
+def test_dropout_draws_by_key_and_eval_is_deterministic(name, getkey):
+    model = fn.models.get(name)
+    params = model.init(getkey())
+    x = jnp.asarray(np.random.default_rng(0).standard_normal((8, *model.input_shape)), jnp.float32)
+    key = getkey()
+    a = model.apply(params, x, train=True, rng=key)
+    assert np.array_equal(a, model.apply(params, x, train=True, rng=key))
+    assert not np.array_equal(a, model.apply(params, x, train=True, rng=getkey()))
+    assert np.array_equal(model.apply(params, x), model.apply(params, x))
+    assert not np.array_equal(a, model.apply(params, x))
+    off = fn.models.get(name, dropout=(0.0,) * len(model.dropout) if name != "cifar_cnn" else 0.0)
+    assert np.array_equal(off.apply(params, x, train=True, rng=key), model.apply(params, x))

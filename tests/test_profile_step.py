@@ -58,7 +58,7 @@ def test_profile_step_profiles_both_frameworks_op_by_op(tmp_path):
                                 "--out", str(tmp_path)])
     funcnets, torch_step = result["profiles"]
     assert funcnets["step_ms"] > 0 and funcnets["profiled_step_ms"] > 0 and funcnets["page_faults_per_step"] >= 0
-    fc1_weight_gradient = [op for op in funcnets["ops"] if op["where"] == "fc1 backward" and op["gflops"]]
+    fc1_weight_gradient = [op for op in funcnets["ops"] if op["where"] == "linear1 backward" and op["gflops"]]
     assert [op["gflops"] for op in fc1_weight_gradient] == [pytest.approx(2 * 64 * 784 * 100 / 1e9)]
     assert fc1_weight_gradient[0]["gflop_per_s"] > 0
     assert any(op["where"] == "optimizer" for op in funcnets["ops"])

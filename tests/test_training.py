@@ -29,15 +29,16 @@ def test_state_is_a_pytree_with_static_model_and_optimizer():
     assert state.model.name == "mnist_mlp"
 
 
-@pytest.mark.parametrize("name", ["mnist_mlp", "simple_net", "mnist_cnn", "cifar_cnn"])
+@pytest.mark.parametrize("name", fn.models.names())
 def test_train_step_lowers_the_loss_on_a_fixed_batch(name):
+    """The batch's loss with dropout off (eval_step), before and after 15 steps on it."""
     state, batch = _state(name, tx=fn.optim.adam(lr=1e-3)), _batch(name, 16)
-    losses = []
+    before = float(fn.eval_step(state, batch)["loss"])
     for _ in range(15):
         state, metrics = fn.train_step(state, batch)
-        losses.append(float(metrics["loss"]))
+    after = float(fn.eval_step(state, batch)["loss"])
     assert int(state.step) == 15
-    assert losses[-1] < losses[0] - 0.25, losses  # the slowest, cifar_cnn, falls 2.34 -> 2.01
+    assert after < before - 0.1, (before, after)  # the slowest, cifar_cnn, falls 2.31 -> 2.15
     assert 0.0 <= float(metrics["accuracy"]) <= 1.0
 
 

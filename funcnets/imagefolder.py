@@ -1,0 +1,244 @@
+"""Class-folder image data sets, decoded once with Pillow and cached as arrays.
+
+The layout is torchvision's and TFDS's ``ImageFolder``::
+
+    <root>/<split>/<class>/<image>        e.g. cifar10/train/airplane/0000.jpg
+
+``root`` is a folder or a ``.tar``/``.tar.gz``/``.tgz`` archive of one (read
+in place, without unpacking; the tree may sit under one top folder inside
+it). Classes are the folder names, sorted, numbered from 0. Every image of a
+split must have the same size and channels (``L`` is one channel, ``RGB``
+three); the first one that does not is named in the error.
+
+Decoding 60,000 small JPEGs takes tens of seconds, so each split is kept as
+one ``.npz`` in a cache folder (default ``$XDG_CACHE_HOME/funcnets/image_folders``,
+else ``~/.cache/funcnets/image_folders``) under a key of the source's path and
+its files' names, sizes and modification times: a changed, added or removed
+file makes a new key, and the stale entry is never read.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+import pathlib
+import tarfile
+from typing import Iterator, NamedTuple
+
+import numpy as np
+
+ARCHIVE_SUFFIXES = (".tar.gz", ".tgz", ".tar")
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".ppm", ".pgm", ".webp", ".tif", ".tiff")
+
+
+class ImageFolderError(ValueError):
+    """An image-folder tree that cannot be read as one data set (the message names the file)."""
+
+
+class FolderSplit(NamedTuple):
+    """One decoded split: uint8 ``images (N, H, W, C)``, int32 ``labels (N,)``,
+    the sorted ``class_names``, and what it was read from (``source``, plus the
+    JPEG ``quality`` of its first image where the file says, else None)."""
+
+    images: np.ndarray
+    labels: np.ndarray
+    class_names: tuple[str, ...]
+    source: str
+    jpeg_quality: int | None
+
+
+def is_archive(path: pathlib.Path) -> bool:
+    return path.is_file() and path.name.lower().endswith(ARCHIVE_SUFFIXES)
+
+
+def has_split(root: pathlib.Path, split: str) -> bool:
+    """Whether ``root`` (folder or archive) looks like it holds ``<split>/<class>/`` folders."""
+    if is_archive(root):
+        return any(True for _ in _archive_members(root, split, names_only=True))
+    return (root / split).is_dir() and any(p.is_dir() for p in (root / split).iterdir())
+
+
+def default_cache_dir() -> pathlib.Path:
+    cache_home = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return pathlib.Path(cache_home) / "funcnets" / "image_folders"
+
+
+def read_split(root: str | os.PathLike, split: str, *, cache_dir: str | os.PathLike | None = None
+               ) -> FolderSplit:
+    """The ``split`` of the image-folder tree ``root`` (see the module doc),
+    from the cache when the files are unchanged, else decoded and cached.
+    ``cache_dir=False`` neither reads nor writes a cache."""
+    root = pathlib.Path(root)
+    if not root.exists():
+        raise FileNotFoundError(f"{root}: no such folder or archive")
+    entries = _list_entries(root, split)
+    if not entries:
+        raise FileNotFoundError(f"{root}: no {split}/<class>/<image> files in it")
+    cache_path = None
+    if cache_dir is not False:
+        cache_path = pathlib.Path(cache_dir or default_cache_dir()) / f"{_cache_key(root, split, entries)}.npz"
+        cached = _read_cache(cache_path)
+        if cached is not None:
+            return cached._replace(source=f"{root.resolve()} ({split}; cached in {cache_path})")
+    images, labels, class_names, quality = _decode(root, split)
+    result = FolderSplit(images, labels, class_names, f"{root.resolve()} ({split})", quality)
+    if cache_path is not None:
+        _write_cache(cache_path, result)
+    return result
+
+
+def channel_stats(images: np.ndarray) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Per-channel mean and standard deviation on the 0-1 scale, over all
+    pixels of ``images (N, H, W, C)`` (as ``transforms.Normalize`` constants
+    are computed), accumulated in float64 a block at a time."""
+    total = np.zeros(images.shape[-1])
+    squares = np.zeros(images.shape[-1])
+    for start in range(0, len(images), 4096):
+        block = images[start:start + 4096].astype(np.float64) / 255.0
+        total += block.sum(axis=(0, 1, 2))
+        squares += (block * block).sum(axis=(0, 1, 2))
+    count = images.shape[0] * images.shape[1] * images.shape[2]
+    mean = total / count
+    std = np.sqrt(np.maximum(squares / count - mean * mean, 0.0))
+    return tuple(float(m) for m in mean), tuple(float(s) for s in std)
+
+
+# --- listing ------------------------------------------------------------------------
+
+def _split_parts(name: str, split: str) -> tuple[str, str] | None:
+    """``(class, file)`` when the archive or tree path ``name`` is
+    ``[top/]<split>/<class>/<file>`` of an image; else None."""
+    parts = name.strip("/").split("/")
+    for offset in (0, 1):
+        rest = parts[offset:]
+        if len(rest) == 3 and rest[0] == split and rest[2].lower().endswith(IMAGE_SUFFIXES):
+            return rest[1], rest[2]
+    return None
+
+
+def _archive_members(path: pathlib.Path, split: str, names_only: bool = False) -> Iterator:
+    with tarfile.open(path, "r:*") as archive:
+        for member in archive:
+            if member.isfile() and _split_parts(member.name, split) is not None:
+                if names_only:
+                    yield member.name
+                else:
+                    yield member, archive
+
+
+def _list_entries(root: pathlib.Path, split: str) -> list[tuple[str, int, int]]:
+    """What the cache key covers: ``(name, size, mtime_ns)`` of every image of
+    the split (for an archive, the archive itself)."""
+    if is_archive(root):
+        stat = root.stat()
+        return [(root.name, stat.st_size, stat.st_mtime_ns)]   # its members are listed when decoding
+    base = root / split
+    if not base.is_dir():
+        return []
+    entries = []
+    for class_dir in sorted(p for p in base.iterdir() if p.is_dir()):
+        for file in sorted(class_dir.iterdir()):
+            if file.is_file() and file.name.lower().endswith(IMAGE_SUFFIXES):
+                stat = file.stat()
+                entries.append((f"{class_dir.name}/{file.name}", stat.st_size, stat.st_mtime_ns))
+    return entries
+
+
+def _cache_key(root: pathlib.Path, split: str, entries) -> str:
+    digest = hashlib.sha256(f"{root.resolve()}\0{split}\0".encode())
+    for name, size, mtime in entries:
+        digest.update(f"{name}\0{size}\0{mtime}\n".encode())
+    return f"{root.name}-{split}-{digest.hexdigest()[:20]}"
+
+
+# --- decoding -----------------------------------------------------------------------
+
+def _decode(root: pathlib.Path, split: str):
+    from PIL import Image
+
+    files: list[tuple[str, str, bytes]] = []   # (class, shown name, encoded bytes)
+    if is_archive(root):
+        for member, archive in _archive_members(root, split):
+            class_name, _ = _split_parts(member.name, split)
+            files.append((class_name, f"{root}:{member.name}", archive.extractfile(member).read()))
+    else:
+        for class_dir in sorted(p for p in (root / split).iterdir() if p.is_dir()):
+            for file in sorted(class_dir.iterdir()):
+                if file.is_file() and file.name.lower().endswith(IMAGE_SUFFIXES):
+                    files.append((class_dir.name, str(file), file.read_bytes()))
+    if not files:
+        raise FileNotFoundError(f"{root}: no {split}/<class>/<image> files in it")
+    files.sort(key=lambda f: f[1])
+    class_names = tuple(sorted({c for c, _, _ in files}))
+    index = {name: i for i, name in enumerate(class_names)}
+    images = None
+    quality = None
+    for i, (class_name, shown, encoded) in enumerate(files):
+        try:
+            with Image.open(io.BytesIO(encoded)) as image:
+                if i == 0:
+                    quality = jpeg_quality(image)
+                pixels = np.asarray(image.convert("L" if image.mode in ("L", "1", "I;16") else "RGB"))
+        except Exception as error:  # Pillow raises many kinds for a broken file
+            raise ImageFolderError(f"{shown}: cannot be decoded as an image: {error}") from None
+        pixels = pixels[..., None] if pixels.ndim == 2 else pixels
+        if images is None:
+            images = np.empty((len(files), *pixels.shape), np.uint8)
+        elif pixels.shape != images.shape[1:]:
+            raise ImageFolderError(f"{shown}: image of shape {pixels.shape} (H, W, C), but the split's "
+                                   f"first image {files[0][1]} has {images.shape[1:]}; every image of a "
+                                   "split must have one shape")
+        images[i] = pixels
+    labels = np.asarray([index[c] for c, _, _ in files], np.int32)
+    return images, labels, class_names, quality
+
+
+_STANDARD_LUMINANCE = np.array([
+    16, 11, 10, 16, 24, 40, 51, 61, 12, 12, 14, 19, 26, 58, 60, 55, 14, 13, 16, 24, 40, 57, 69, 56,
+    14, 17, 22, 29, 51, 87, 80, 62, 18, 22, 37, 56, 68, 109, 103, 77, 24, 35, 55, 64, 81, 104, 113, 92,
+    49, 64, 78, 87, 103, 121, 120, 101, 72, 92, 95, 98, 112, 100, 103, 99])
+
+
+def jpeg_quality(image) -> int | None:
+    """The IJG quality (1-100) whose scaled standard luminance table (ITU T.81
+    Annex K) is ``image``'s first quantization table; None for other files or
+    non-standard tables. Pillow lists tables in zigzag order; the comparison
+    is on the sorted values, which the scaling keeps in order."""
+    tables = getattr(image, "quantization", None)
+    if not tables or 0 not in tables:
+        return None
+    table = np.sort(np.asarray(tables[0]))
+    standard = np.sort(_STANDARD_LUMINANCE)
+    for quality in range(1, 101):
+        scale = 5000 // quality if quality < 50 else 200 - 2 * quality
+        scaled = np.clip((standard * scale + 50) // 100, 1, 255)
+        if np.array_equal(scaled, table):
+            return quality
+    return None
+
+
+# --- cache --------------------------------------------------------------------------
+
+def _read_cache(path: pathlib.Path) -> FolderSplit | None:
+    if not path.is_file():
+        return None
+    try:
+        with np.load(path, allow_pickle=False) as saved:
+            quality = int(saved["jpeg_quality"])
+            return FolderSplit(saved["images"], saved["labels"], tuple(str(c) for c in saved["class_names"]),
+                               "", quality if quality > 0 else None)
+    except Exception:  # a damaged cache entry is decoded again, not trusted
+        return None
+
+
+def _write_cache(path: pathlib.Path, split: FolderSplit) -> None:
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        partial = path.with_name(f"{path.name}.{os.getpid()}.partial")
+        with open(partial, "wb") as f:
+            np.savez(f, images=split.images, labels=split.labels, class_names=np.asarray(split.class_names),
+                     jpeg_quality=np.int64(split.jpeg_quality or 0))
+        os.replace(partial, path)   # a reader sees the whole file or none
+    except OSError:
+        pass  # an unwritable cache only costs the next load its decoding
