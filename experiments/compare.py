@@ -3,6 +3,7 @@
     python -m experiments.compare mnist_mlp                 # the README's main job
     python -m experiments.compare mnist_cnn --epochs 1 --out reports/cnn
     python -m experiments.compare cifar10_cnn --data-dir ~/data --dry-run
+    python -m experiments.compare cifar10_cnn --data-dir ~/data --out reports/cifar --report-only
 
 Both frameworks start from one PyTorch init (``torch.manual_seed(seed)``, the
 net's ``state_dict`` ported to funcnets), visit the same batches in the same
@@ -58,11 +59,16 @@ def parse(argv: list[str] | None):
     p = common.parser(tutorial, prog=f"python -m experiments.compare {known.experiment}",
                       description=f"{tutorial.name}: funcnets vs PyTorch from the same init and batches.")
     p.add_argument("--out", default=None, help="report folder (default: reports/<experiment>-<dataset>)")
+    p.add_argument("--report-only", action="store_true",
+                   help="train nothing: rewrite the report from the runs already in --out (each framework's "
+                        "metrics file; a run stopped early is reported for the epochs it finished)")
     p.add_argument("--torch-epochs", type=common.positive(int), default=None, metavar="N",
                    help="train PyTorch for only the first N of --epochs (same init and batches), where "
                         "its whole run would take too long; the report compares the epochs both ran")
     args = p.parse_args(rest)
     args.command = common.command_line("experiments.compare", argv)
+    if args.report_only and args.out is None:
+        p.error("--report-only needs --out (the folder of the runs to report)")
     for flag in ("framework", "checkpoint_dir", "resume", "metrics_out"):
         if getattr(args, flag) != p.get_default(flag):
             p.error(f"--{flag.replace('_', '-')} is set by compare itself")
@@ -120,6 +126,7 @@ def markdown(tutorial, args, summaries: dict[str, dict], ratios: dict, steps: di
              f"{args.optimizer} lr {args.lr}{f', StepLR gamma {args.gamma}' if args.gamma else ''}, "
              f"batch {args.batch_size}, seed {args.seed}{', float64' if args.float64 else ''}"
              f"{', dry run' if args.dry_run else ''}.", "",
+             *epochs_note(summaries),
              "| " + " | ".join(header) + " |", "| " + " | ".join("---" for _ in header) + " |"]
     for name in common.FRAMEWORKS:
         lines.append("| " + " | ".join([name] + [_cell(summaries[name][c], c) for c in COLUMNS]) + " |")
@@ -141,6 +148,15 @@ def markdown(tutorial, args, summaries: dict[str, dict], ratios: dict, steps: di
               "| | |", "| --- | --- |"]
     lines += [f"| {key} | {value} |" for key, value in env.items()]
     return "\n".join(lines) + "\n"
+
+
+def epochs_note(summaries: dict[str, dict]) -> list[str]:
+    """A line when the frameworks ran different numbers of epochs (``--torch-epochs``, or a run stopped early)."""
+    jax_epochs, torch_epochs = summaries["jax"]["epochs"], summaries["torch"]["epochs"]
+    if jax_epochs == torch_epochs:
+        return []
+    return [f"**PyTorch ran {torch_epochs} of the {jax_epochs} epochs** (same init and batches); its row is "
+            f"after epoch {torch_epochs}, JAX's after epoch {jax_epochs}: compare epoch by epoch below.", ""]
 
 
 def epoch_table(summaries: dict[str, dict]) -> list[str]:
@@ -170,13 +186,9 @@ def step_gap(jax_losses: np.ndarray, torch_losses: np.ndarray) -> dict:
             "argmax": int(np.abs(gap).argmax()) + 1, "tail_mean": float(gap[-100:].mean())}
 
 
-def main(argv: list[str] | None = None) -> pathlib.Path:
-    tutorial, args = parse(argv)
-    try:
-        data = common.load_data(tutorial, args)
-    except DatasetNotFoundError as error:
-        raise SystemExit(f"error: {error}") from None
-    out = pathlib.Path(args.out or f"reports/{tutorial.name}-{data.dataset}")
+def train_both(tutorial, args, data, out: pathlib.Path) -> tuple[dict, dict]:
+    """Each framework's run from one PyTorch init into ``out/<framework>/``:
+    ``(summaries, metrics records)`` by framework."""
     init = torch_init(tutorial.model, args.seed)
     summaries, records = {}, {}
     epochs = args.epochs
@@ -191,8 +203,44 @@ def main(argv: list[str] | None = None) -> pathlib.Path:
         common.companion(metrics_path, ".summary.json").write_text(json.dumps(summaries[framework], indent=2) + "\n")
         plots.plot_run(records[framework], common.companion(metrics_path, ".png"),
                        title=f"{tutorial.name} ({framework}, {data.dataset})")
-
     args.epochs = epochs
+    return summaries, records
+
+
+def read_runs(tutorial, args, data, out: pathlib.Path) -> tuple[dict, dict]:
+    """`train_both`'s results as left in ``out``: each framework's summary file,
+    or, for a run stopped before writing one, a summary of the epochs in its
+    metrics file (``"stopped_early": True``)."""
+    summaries, records = {}, {}
+    for framework in common.FRAMEWORKS:
+        metrics_path = out / framework / "metrics.jsonl"
+        if not metrics_path.is_file():
+            raise SystemExit(f"error: --report-only: no {metrics_path}")
+        records[framework] = read_metrics(metrics_path)
+        summary_path = common.companion(metrics_path, ".summary.json")
+        if summary_path.is_file():
+            summaries[framework] = json.loads(summary_path.read_text())
+            continue
+        if not any(r["kind"] == "epoch" for r in records[framework]):
+            raise SystemExit(f"error: --report-only: {metrics_path} holds no finished epoch")
+        args.framework = framework
+        summaries[framework] = {**common.summarize(tutorial, args, data, framework, records[framework]),
+                                "stopped_early": True}
+    return summaries, records
+
+
+def main(argv: list[str] | None = None) -> pathlib.Path:
+    tutorial, args = parse(argv)
+    try:
+        data = common.load_data(tutorial, args)
+    except DatasetNotFoundError as error:
+        raise SystemExit(f"error: {error}") from None
+    out = pathlib.Path(args.out or f"reports/{tutorial.name}-{data.dataset}")
+    if args.report_only:
+        summaries, records = read_runs(tutorial, args, data, out)
+    else:
+        summaries, records = train_both(tutorial, args, data, out)
+
     ratios = ratio_row(summaries)
     losses = {name: plots.step_losses(r) for name, r in records.items()}
     steps = step_gap(losses["jax"], losses["torch"])

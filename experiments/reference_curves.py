@@ -51,13 +51,15 @@ OPTIMIZERS = (
 # Per-step tolerance (absolute loss) over each case's first `per_step_horizon` steps; a case
 # whose own recorded noise is larger (ulp-chaotic: a rounding-size gradient gets a sign-like
 # adaptive step) is held to its noise instead (`within_tolerance`, tests/test_curves.py).
-PER_STEP_TOLERANCE = {"mnist_mlp": 1e-5, "simple_net": 1e-5, "mnist_cnn": 5e-5, "cifar_cnn": 5e-5}
+PER_STEP_TOLERANCE = {"mnist_mlp": 1e-5, "simple_net": 1e-5, "mnist_cnn": 5e-5, "mastering_cnn": 5e-5,
+                      "cifar_cnn": 5e-5}
 
 # model -> (steps recorded, batch size, steps compared one by one)
 HORIZONS = {
     "mnist_mlp": (500, 64, 50),
     "simple_net": (500, 64, 50),
     "mnist_cnn": (100, 16, 10),
+    "mastering_cnn": (100, 16, 10),
     "cifar_cnn": (100, 8, 10),
 }
 

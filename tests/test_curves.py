@@ -116,7 +116,8 @@ def test_curve_matches_pytorch_live(name, index):
 
 @pytest.mark.parametrize("name", [
     "mnist_mlp", "simple_net",
-    pytest.param("mnist_cnn", marks=pytest.mark.slow), pytest.param("cifar_cnn", marks=pytest.mark.slow),
+    pytest.param("mnist_cnn", marks=pytest.mark.slow), pytest.param("mastering_cnn", marks=pytest.mark.slow),
+    pytest.param("cifar_cnn", marks=pytest.mark.slow),
 ])
 def test_regenerating_goldens_reproduces_the_committed_files(name):
     """PyTorch, run again here, draws the committed curves within its own noise

@@ -241,6 +241,32 @@ def test_compare_trains_both_frameworks_on_the_same_numbers(mlp_report):
         assert _is_png(mlp_report / name)
 
 
+def test_compare_torch_epochs_and_a_report_from_runs_already_there(tmp_path, capsys):
+    """--torch-epochs 1 of 2: the report says so and lists each epoch; --report-only rewrites it
+    from the metrics files, also for a run stopped before its summary (no training)."""
+    out = tmp_path / "report"
+    flags = ["mnist_mlp", "--dataset", "digits", "--dry-run", "--no-progress", "--out", str(out)]
+    compare.main([*flags, "--torch-epochs", "1"])
+    report = (out / "report.md").read_text()
+    assert "**PyTorch ran 1 of the 2 epochs**" in report
+    epoch_rows = [line for line in report.splitlines() if line.startswith(("| 1 |", "| 2 |"))]
+    assert len(epoch_rows) == 2 and epoch_rows[1].endswith("| - |")
+    torch_epochs = [r for r in read_metrics(out / "torch" / "metrics.jsonl") if r["kind"] == "epoch"]
+    assert len(torch_epochs) == 1 and f"{torch_epochs[0]['test_accuracy']:.2%}" in epoch_rows[0]
+
+    (out / "torch" / "metrics.summary.json").unlink()   # as if killed after its first epoch
+    (out / "report.md").unlink()
+    capsys.readouterr()
+    compare.main([*flags, "--report-only"])
+    assert "Epoch 1/" not in capsys.readouterr().out           # nothing trained
+    assert [line for line in (out / "report.md").read_text().splitlines()
+            if line.startswith(("| 1 |", "| 2 |"))] == epoch_rows
+    assert json.loads((out / "results.json").read_text())["runs"]["torch"]["stopped_early"] is True
+    with pytest.raises(SystemExit):
+        compare.main(["mnist_mlp", "--dataset", "digits", "--report-only"])
+    assert "--report-only needs --out" in capsys.readouterr().err
+
+
 def test_compare_refuses_flags_it_sets(capsys):
     with pytest.raises(SystemExit):
         compare.main(["mnist_mlp", "--framework", "torch"])
