@@ -80,14 +80,15 @@ def parse(argv: list[str] | None):
     return tutorial, args
 
 
-def torch_init(model_name: str, seed: int) -> dict[str, np.ndarray]:
-    """PyTorch's own init of the net under ``torch.manual_seed(seed)``, as float64 arrays."""
+def torch_init(model_name: str, seed: int, **options) -> dict[str, np.ndarray]:
+    """PyTorch's own init of the net (built with ``options``) under
+    ``torch.manual_seed(seed)``, as float64 arrays."""
     import torch
 
     from funcnets import torch_models
 
     torch.manual_seed(seed)
-    net = torch_models.build(model_name).double()
+    net = torch_models.build(model_name, **options).double()
     return {k: v.numpy().copy() for k, v in net.state_dict().items()}
 
 
@@ -189,7 +190,7 @@ def step_gap(jax_losses: np.ndarray, torch_losses: np.ndarray) -> dict:
 def train_both(tutorial, args, data, out: pathlib.Path) -> tuple[dict, dict]:
     """Each framework's run from one PyTorch init into ``out/<framework>/``:
     ``(summaries, metrics records)`` by framework."""
-    init = torch_init(tutorial.model, args.seed)
+    init = torch_init(tutorial.model, args.seed, **common.model_options(tutorial, args))
     summaries, records = {}, {}
     epochs = args.epochs
     for framework in common.FRAMEWORKS:

@@ -90,7 +90,7 @@ def test(model, loss_fn, test_loader, *, dropout_on: bool = False) -> dict:
 
 def _tensors(images: np.ndarray, labels: np.ndarray) -> TensorDataset:
     """NHWC arrays -> an NCHW ``TensorDataset``, as ``ToTensor`` lays images out."""
-    return TensorDataset(torch.from_numpy(np.ascontiguousarray(images.transpose(0, 3, 1, 2))),
+    return TensorDataset(torch.from_numpy(torch_models.nchw(images)),
                          torch.from_numpy(labels.astype(np.int64)))
 
 
@@ -106,10 +106,10 @@ def run(tutorial, args, data, metrics_path: pathlib.Path, *, orders: list[np.nda
         init: dict[str, np.ndarray] | None = None, checkpoint_dir: pathlib.Path | None = None,
         log: Callable[[str], None] = print) -> list[dict]:
     """Train ``tutorial``'s net under ``args``; the per-epoch records."""
-    from experiments.tutorial import optimizer_kwargs
+    from experiments.tutorial import model_options, optimizer_kwargs
 
     torch.manual_seed(args.seed)
-    model = torch_models.build(tutorial.model)
+    model = torch_models.build(tutorial.model, **model_options(tutorial, args))
     model = model.double() if args.float64 else model.float()
     if init is not None:
         model.load_state_dict({k: torch.from_numpy(np.array(v)) for k, v in init.items()})

@@ -25,6 +25,7 @@ import collections
 import contextlib
 import dataclasses
 import json
+import math
 import os
 import pathlib
 import platform
@@ -65,6 +66,7 @@ class Tutorial:
     optimizer_options: tuple[tuple[str, Any], ...] = ()
     normalization: tuple[tuple[float, ...], tuple[float, ...]] | None = None  # the tutorial's Normalize(mean, std)
     test_dropout: bool = False        # the tutorial tests without eval(): report that accuracy too
+    model_flags: tuple[tuple[str, int, str], ...] = ()  # (constructor argument, default, help): --<argument>
 
     def default_dataset(self) -> str:
         return "auto" if self.datasets[0] == "mnist" else self.datasets[0]
@@ -102,6 +104,9 @@ def parser(tutorial: Tutorial, *, prog: str | None = None, description: str | No
     """pytorch/examples' flags, with this tutorial's settings as defaults."""
     p = argparse.ArgumentParser(prog=prog or f"python -m experiments.{tutorial.name}",
                                 description=description or f"{tutorial.model} as in {tutorial.source}.")
+    for name, default, text in tutorial.model_flags:
+        p.add_argument(f"--{name.replace('_', '-')}", type=positive(int), default=default,
+                       help=f"{text} (default: {default})")
     p.add_argument("--epochs", type=positive(int), default=tutorial.epochs,
                    help=f"number of epochs to train (default: {tutorial.epochs})")
     p.add_argument("--lr", type=positive(float), default=tutorial.lr,
@@ -146,6 +151,16 @@ def parser(tutorial: Tutorial, *, prog: str | None = None, description: str | No
                    help="batches between metrics records (default: 100)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     return p
+
+
+def model_options(tutorial: Tutorial, args) -> dict[str, Any]:
+    """The net's constructor arguments set by this tutorial's model flags (e.g. ``--n-hidden``)."""
+    return {name: getattr(args, name) for name, _, _ in tutorial.model_flags}
+
+
+def tutorial_model(tutorial: Tutorial, args) -> fn.models.Model:
+    """``funcnets.models.get(tutorial.model, **model_options(tutorial, args))``."""
+    return fn.models.get(tutorial.model, **model_options(tutorial, args))
 
 
 def optimizer_kwargs(tutorial: Tutorial, args) -> dict[str, Any]:
@@ -249,9 +264,10 @@ def load_splits(requested: str, data_dir: str | None, log: Callable[[str], None]
 
 
 def load_data(tutorial: Tutorial, args, log: Callable[[str], None] = print) -> RunData:
-    model = fn.models.get(tutorial.model)
+    model = tutorial_model(tutorial, args)
     train, test, choice = load_splits(args.dataset, args.data_dir, log)
-    if train.info.image_shape != model.input_shape:
+    if train.info.image_shape != model.input_shape and math.prod(train.info.image_shape) != math.prod(
+            model.input_shape):
         raise SystemExit(f"error: {tutorial.model} takes {model.input_shape} images; "
                          f"{train.info.name} has {train.info.image_shape}")
     dtype = np.float64 if args.float64 else np.float32
@@ -359,7 +375,7 @@ def run_jax(tutorial: Tutorial, args, data: RunData, metrics_path: pathlib.Path,
 
     if args.float64:
         jax.config.update("jax_enable_x64", True)
-    model = fn.models.get(tutorial.model)
+    model = tutorial_model(tutorial, args)
     dtype = np.float64 if args.float64 else np.float32
     steps = steps_per_epoch(len(data.train_labels), args.batch_size)
     lr = learning_rate(tutorial, args, steps)
@@ -496,7 +512,7 @@ def summarize(tutorial: Tutorial, args, data: RunData, framework: str, records: 
     history = [r for r in records if r["kind"] == "epoch"]
     last = history[-1]
     dropout_on = [r for r in records if r["kind"] == "test_dropout_on"]
-    model = fn.models.get(tutorial.model)
+    model = tutorial_model(tutorial, args)
     return {"experiment": tutorial.name, "framework": framework, "model": tutorial.model,
             "dataset": data.dataset, "dataset_source": data.source, "dataset_choice": data.choice,
             "epochs": len(history), "train_examples": int(len(data.train_labels)),
@@ -509,6 +525,7 @@ def summarize(tutorial: Tutorial, args, data: RunData, framework: str, records: 
             **timing(history, len(data.train_labels)), "parameters": model.param_count,
             "optimizer": args.optimizer, "optimizer_kwargs": optimizer_kwargs(tutorial, args),
             "gamma": args.gamma, "batch_size": args.batch_size, "seed": args.seed,
+            "model_options": model_options(tutorial, args),
             "float64": args.float64, "bf16": args.bf16, "data_parallel": args.data_parallel,
             "dry_run": args.dry_run, "tutorial_reports": tutorial.reported,
             "compile_cache": compile_cache, "command": args.command, "environment": environment()}

@@ -137,12 +137,17 @@ class Checkpointer:
                               "trying the one before", RuntimeWarning, stacklevel=2)
                 continue
             if meta.get("fingerprint") != expected:
+                saved = meta.get("fingerprint", {})
+                differs = [part for part in ("model", "params", "opt_state") if saved.get(part) != expected[part]]
+                shapes = ""
+                if "params" in differs and saved.get("model") == expected["model"]:
+                    shapes = (f" (the same net with other layer shapes: saved {saved.get('params')}, "
+                              f"this run's {expected['params']})")
                 raise CheckpointMismatchError(
                     f"checkpoint {self.directory / str(step)} was written for model "
-                    f"{meta.get('fingerprint', {}).get('model')!r} with optimizer state "
-                    f"{meta.get('fingerprint', {}).get('opt_state')}, not for this run's model "
-                    f"{expected['model']!r} with {expected['opt_state']}; use another checkpoint "
-                    "directory or start without resuming")
+                    f"{saved.get('model')!r} with optimizer state {saved.get('opt_state')}, not for this "
+                    f"run's model {expected['model']!r} with {expected['opt_state']}; they differ in "
+                    f"{', '.join(differs)}{shapes}; use another checkpoint directory or start without resuming")
             try:
                 arrays = self._manager.restore(
                     step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract)))["state"]

@@ -17,10 +17,11 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
-from typing import Callable, Literal
+from typing import Any, Callable, Literal
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from funcnets import layers
 
@@ -36,13 +37,16 @@ class Model:
       name: registry name (``funcnets.models.names()``).
       layers: ``(torch_module_name, layer_spec)`` pairs, in PyTorch's order.
       forward: ``forward(params, x, *, train, rng, dropout) -> outputs``.
-      input_shape: one example's shape, ``(H, W, C)``.
+      input_shape: one example's shape, ``(H, W, C)`` (or ``(features,)`` for
+        an MLP on flat rows).
       num_classes: width of the output.
       outputs: ``"log_probs"`` (the net ends in ``log_softmax``; trained
         with NLL as the tutorial does) or ``"logits"`` (trained with
         cross-entropy).
       dropout: dropout rates in forward order; ``(0.0, ...)`` turns dropout off
         (used to compare training curves with PyTorch step for step).
+      options: the constructor arguments it was built with, as ``(name, value)``
+        pairs (``funcnets.torch_models.twin`` builds the PyTorch twin with them).
 
     Models are hashable values, so they can ride along in a jitted train
     state as static data.
@@ -51,10 +55,11 @@ class Model:
     name: str
     layers: tuple[tuple[str, layers.Layer], ...]
     forward: Forward
-    input_shape: tuple[int, int, int]
+    input_shape: tuple[int, ...]
     num_classes: int
     outputs: Literal["log_probs", "logits"]
     dropout: tuple[float, ...] = ()
+    options: tuple[tuple[str, Any], ...] = ()
 
     def init(self, key: jax.Array, dtype=jnp.float32) -> Params:
         """Draws every layer from PyTorch's default init; returns a nested dict.
@@ -102,7 +107,7 @@ class Model:
         if self.accepts_flat_input and len(shape) == 2 and tuple(shape[1:]) == flat:
             return
         expected = f"(B, {', '.join(map(str, self.input_shape))})"
-        if self.accepts_flat_input:
+        if self.accepts_flat_input and len(self.input_shape) > 1:
             expected += f" or (B, {flat[0]})"
         hint = ""
         if len(shape) == 4 and shape[1] == self.input_shape[-1] and shape[-1] != self.input_shape[-1]:
@@ -209,21 +214,26 @@ def _cifar_cnn(params, x, *, train, rng, dropout):
 
 # --- the registry ------------------------------------------------------------
 
-def mnist_mlp() -> Model:
+def mnist_mlp(n_in: int = 784, n_hidden: int = 100, n_out: int = 10) -> Model:
     """``SimpleNeuralNet`` of "A Neural Net in PyTorch": 784-100-10, ReLU, log-softmax.
 
     ``x (B, 28, 28, 1) -> flatten (B, 784) -> linear1 (B, 100) -> relu -> linear2 (B, 10)
     -> log_softmax``; trained with NLL on the log-probabilities. 79,510 params.
-    The layer names are the tutorial's (``linear1``, ``linear2``).
+    The layer names are the tutorial's (``linear1``, ``linear2``), and so are
+    its arguments: ``SimpleNeuralNet(n_in, n_hidden, n_out)`` ("The only
+    parameter we can choose here is the number of neurons in the hidden
+    layer"). With ``n_in`` other than 784 the net takes flat ``(B, n_in)`` inputs.
     """
     return Model(
         name="mnist_mlp",
-        layers=(("linear1", layers.Linear(784, 100)), ("linear2", layers.Linear(100, 10))),
-        forward=_mnist_mlp, input_shape=(28, 28, 1), num_classes=10, outputs="log_probs",
+        layers=(("linear1", layers.Linear(_size("mnist_mlp", "n_in", n_in), _size("mnist_mlp", "n_hidden", n_hidden))),
+                ("linear2", layers.Linear(n_hidden, _size("mnist_mlp", "n_out", n_out)))),
+        forward=_mnist_mlp, input_shape=_flat_input_shape(n_in), num_classes=n_out, outputs="log_probs",
+        options=(("n_in", n_in), ("n_hidden", n_hidden), ("n_out", n_out)),
     )
 
 
-def simple_net() -> Model:
+def simple_net(input_size: int = 784, output_size: int = 10) -> Model:
     """``SimpleNet`` of "Deep Learning Deep Dive": 784-128-64-10, ReLU after *every* layer.
 
     ``x -> flatten (B, 784) -> fc1 (128) -> relu -> fc2 (64) -> relu -> fc3 (10) -> relu``.
@@ -237,9 +247,11 @@ def simple_net() -> Model:
     """
     return Model(
         name="simple_net",
-        layers=(("fc1", layers.Linear(784, 128)), ("fc2", layers.Linear(128, 64)),
-                ("fc3", layers.Linear(64, 10))),
-        forward=_simple_net, input_shape=(28, 28, 1), num_classes=10, outputs="logits",
+        layers=(("fc1", layers.Linear(_size("simple_net", "input_size", input_size), 128)),
+                ("fc2", layers.Linear(128, 64)),
+                ("fc3", layers.Linear(64, _size("simple_net", "output_size", output_size)))),
+        forward=_simple_net, input_shape=_flat_input_shape(input_size), num_classes=output_size, outputs="logits",
+        options=(("input_size", input_size), ("output_size", output_size)),
     )
 
 
@@ -273,7 +285,7 @@ def mnist_cnn(dropout: tuple[float, float] = (0.25, 0.5)) -> Model:
                 ("fc1", layers.Linear(9216, 128, torch_input_chw=(64, 12, 12))),
                 ("fc2", layers.Linear(128, 10))),
         forward=_mnist_cnn, input_shape=(28, 28, 1), num_classes=10, outputs="log_probs",
-        dropout=rates,
+        dropout=rates, options=(("dropout", rates),),
     )
 
 
@@ -308,11 +320,11 @@ def mastering_cnn(dropout: tuple[float, float] = (0.10, 0.25)) -> Model:
                 ("fc1", layers.Linear(4608, 64, torch_input_chw=(32, 12, 12))),
                 ("fc2", layers.Linear(64, 10))),
         forward=_mastering_cnn, input_shape=(28, 28, 1), num_classes=10, outputs="log_probs",
-        dropout=rates,
+        dropout=rates, options=(("dropout", rates),),
     )
 
 
-def cifar_cnn(dropout: float = 0.5) -> Model:
+def cifar_cnn(output_dim: int = 10, dropout: float = 0.5) -> Model:
     """The CIFAR-10 ``Net(output_dim=10)`` of "Deep Learning Deep Dive", as its
     author's code (github.com/luspr/deep-learning-deep-dive) writes it::
 
@@ -337,17 +349,30 @@ def cifar_cnn(dropout: float = 0.5) -> Model:
     Parameter names are the ``nn.Sequential`` indices of the author's
     ``state_dict`` (``conv.0`` ... ``fc.3``). 299,434 params.
 
-    ``dropout``: the rate of ``fc.2``; ``0.0`` turns it off.
+    ``output_dim``: the classes (the author's argument); ``dropout``: the rate
+    of ``fc.2``; ``0.0`` turns it off.
     """
     (rate,) = _rates("cifar_cnn", (dropout,), 1)
+    _size("cifar_cnn", "output_dim", output_dim)
     return Model(
         name="cifar_cnn",
         layers=(("conv.0", layers.Conv2d(3, 64, 3)), ("conv.2", layers.Conv2d(64, 128, 3)),
                 ("conv.4", layers.Conv2d(128, 128, 3)), ("conv.6", layers.Conv2d(128, 64, 3)),
-                ("fc.0", layers.Linear(64, 32)), ("fc.3", layers.Linear(32, 10))),
-        forward=_cifar_cnn, input_shape=(32, 32, 3), num_classes=10, outputs="logits",
-        dropout=(rate,),
+                ("fc.0", layers.Linear(64, 32)), ("fc.3", layers.Linear(32, output_dim))),
+        forward=_cifar_cnn, input_shape=(32, 32, 3), num_classes=output_dim, outputs="logits",
+        dropout=(rate,), options=(("output_dim", output_dim), ("dropout", rate)),
     )
+
+
+def _size(name: str, argument: str, value) -> int:
+    if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < 1:
+        raise ValueError(f"{name}: {argument} must be a positive integer, got {value!r}")
+    return int(value)
+
+
+def _flat_input_shape(n_in: int) -> tuple[int, ...]:
+    """MNIST's images for 784 inputs (flat ``(B, 784)`` batches work too); else flat ``(n_in,)`` rows."""
+    return (28, 28, 1) if n_in == 28 * 28 else (n_in,)
 
 
 def _rates(name: str, dropout, count: int) -> tuple[float, ...]:
@@ -375,7 +400,10 @@ def names() -> list[str]:
 
 
 def get(name: str, **options) -> Model:
-    """The model called ``name``; ``options`` go to its constructor (e.g. ``dropout``)."""
+    """The model called ``name``; ``options`` go to its constructor, which takes
+    its tutorial's arguments: ``get("mnist_mlp", n_hidden=200)``,
+    ``get("simple_net", input_size=784, output_size=10)``,
+    ``get("cifar_cnn", output_dim=10)``, and ``dropout`` rates for the nets with dropout."""
     if name not in _REGISTRY:
         raise ValueError(f"unknown model {name!r}; choose one of {', '.join(names())}")
     try:

@@ -112,7 +112,7 @@ def torch_curve(model: Model, spec: OptimizerSpec, state_dict, batches) -> tuple
     from funcnets import torch_models
 
     dtype = next(iter(state_dict.values())).dtype
-    net = torch_models.build(model.name)
+    net = torch_models.twin(model)
     net = net.double() if dtype == np.float64 else net.float()
     net.load_state_dict({k: torch.from_numpy(np.array(v)) for k, v in state_dict.items()})
     net.eval()
@@ -121,7 +121,7 @@ def torch_curve(model: Model, spec: OptimizerSpec, state_dict, batches) -> tuple
     losses = []
     for step, (images, labels) in enumerate(batches, start=1):
         optimizer.zero_grad()
-        x = torch.from_numpy(np.ascontiguousarray(images.transpose(0, 3, 1, 2)))
+        x = torch.from_numpy(torch_models.nchw(images))
         loss = loss_of(net(x), torch.from_numpy(labels.astype(np.int64)))
         loss.backward()
         optimizer.step()

@@ -138,6 +138,20 @@ def build(name: str, **options) -> nn.Module:
     return _BUILDERS[name](**options)
 
 
+def twin(model) -> nn.Module:
+    """The PyTorch twin of a funcnets `Model`, built with the same constructor
+    arguments (``model.options``)."""
+    return build(model.name, **dict(model.options))
+
+
+def nchw(images):
+    """NHWC image batches as PyTorch lays them out (NCHW); flat ``(B, features)`` rows unchanged."""
+    import numpy as np
+
+    images = np.asarray(images)
+    return np.ascontiguousarray(images.transpose(0, 3, 1, 2) if images.ndim == 4 else images)
+
+
 def loss_fn(name: str):
     """The tutorial's loss: NLL after ``log_softmax``, else cross-entropy."""
     return F.nll_loss if name in ("mnist_mlp", "mnist_cnn", "mastering_cnn") else F.cross_entropy

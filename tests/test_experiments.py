@@ -83,6 +83,16 @@ def test_script_dry_run_writes_metrics_plot_and_summary(name, framework, tmp_pat
     assert saved["optimizer"] == tutorial.optimizer and saved["batch_size"] == tutorial.batch_size
 
 
+def test_mlp_script_takes_the_hidden_layer_size(tmp_path):
+    """"I've picked 100 but you can try something else": --n-hidden, in both frameworks."""
+    for framework in ("jax", "torch"):
+        summary = common.main(mnist_mlp.TUTORIAL, ["--dry-run", "--no-progress", "--dataset", "digits",
+                                                   "--n-hidden", "32", "--framework", framework,
+                                                   "--checkpoint-dir", str(tmp_path / framework)])
+        assert summary["model_options"] == {"n_hidden": 32}
+        assert summary["parameters"] == 784 * 32 + 32 + 32 * 10 + 10
+
+
 def test_script_trains_data_parallel_in_bfloat16(tmp_path, capsys):
     summary = common.main(mnist_mlp.TUTORIAL, ["--dry-run", "--no-progress", "--dataset", "digits", "--bf16",
                                                "--data-parallel", "--checkpoint-dir", str(tmp_path),

@@ -147,6 +147,11 @@ def test_checkpoint_of_another_model_or_optimizer_is_refused(tmp_path):
             ckpt.restore_latest(_state("simple_net"))
         with pytest.raises(fn.checkpoint.CheckpointMismatchError, match="optimizer state"):
             ckpt.restore_latest(_state(tx=fn.optim.adam()))
+        wider = fn.create_train_state(fn.models.get("mnist_mlp", n_hidden=200), fn.optim.sgd(lr=0.05),
+                                      jax.random.key(0))
+        with pytest.raises(fn.checkpoint.CheckpointMismatchError,
+                           match=r"differ in params \(the same net with other layer shapes"):
+            ckpt.restore_latest(wider)
 
 
 def test_a_corrupted_latest_checkpoint_is_skipped_with_a_warning(tmp_path):

@@ -21,6 +21,39 @@ def test_registry_lists_the_tutorial_nets():
     assert fn.models.names() == ["mnist_mlp", "simple_net", "mnist_cnn", "mastering_cnn", "cifar_cnn"]
 
 
+@pytest.mark.parametrize("name, options, count", [
+    ("mnist_mlp", {"n_hidden": 200}, 784 * 200 + 200 + 200 * 10 + 10),
+    ("mnist_mlp", {"n_in": 64, "n_hidden": 32, "n_out": 3}, 64 * 32 + 32 + 32 * 3 + 3),
+    ("simple_net", {"input_size": 64, "output_size": 3}, 64 * 128 + 128 + 128 * 64 + 64 + 64 * 3 + 3),
+    ("cifar_cnn", {"output_dim": 100}, 299_434 - 330 + 32 * 100 + 100),
+    ("mnist_cnn", {"dropout": (0.1, 0.2)}, 1_199_882),
+    ("mastering_cnn", {"dropout": (0.0, 0.5)}, 300_426),
+])
+def test_tutorial_nets_take_their_tutorials_arguments(name, options, count, x64):
+    """``SimpleNeuralNet(n_in, n_hidden, n_out)``, ``SimpleNet(input_size, output_size)``,
+    ``Net(output_dim)``: counts, the twin built with the same arguments, float64 forward parity."""
+    model = fn.models.get(name, **options)
+    net = torch_models.twin(model).double().eval()
+    assert model.param_count == count == sum(p.numel() for p in net.parameters())
+    assert model.num_classes == dict(model.options).get("n_out", dict(model.options).get(
+        "output_size", dict(model.options).get("output_dim", 10)))
+    params = fn.interop.params_from_torch(model, net.state_dict())
+    x = np.random.default_rng(0).standard_normal((4, *model.input_shape))
+    theirs = net(torch.from_numpy(torch_models.nchw(x))).detach().numpy()
+    assert np.abs(np.asarray(model.apply(params, jnp.asarray(x))) - theirs).max() <= 1e-12
+
+
+def test_bad_tutorial_arguments_are_clear_errors():
+    with pytest.raises(ValueError, match="mnist_mlp: n_hidden must be a positive integer, got 0"):
+        fn.models.get("mnist_mlp", n_hidden=0)
+    with pytest.raises(ValueError, match="cifar_cnn: output_dim must be a positive integer, got 2.5"):
+        fn.models.get("cifar_cnn", output_dim=2.5)
+    with pytest.raises(ValueError, match=r"mastering_cnn: dropout must be 2 rate\(s\) in \[0, 1\)"):
+        fn.models.get("mastering_cnn", dropout=(0.1,))
+    with pytest.raises(TypeError, match="does not take options"):
+        fn.models.get("simple_net", n_hidden=10)
+
+
 def test_unknown_model_name_is_a_clear_error():
     with pytest.raises(ValueError, match="unknown model 'lenet'.*mnist_mlp"):
         fn.models.get("lenet")
