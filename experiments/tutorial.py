@@ -24,6 +24,7 @@ import argparse
 import collections
 import contextlib
 import dataclasses
+import importlib.metadata
 import json
 import math
 import os
@@ -479,13 +480,12 @@ def environment() -> dict[str, str]:
             "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, {platform.platform()}",
             # process-wide: PyTorch, run after JAX in one process, has it too
             "host_malloc": fn.host_memory.setting() or "system malloc (no funcnets program ran on the CPU)"}
-    try:
-        import torch
-
-        info["torch"] = torch.__version__
-        info["torch_threads"] = str(torch.get_num_threads())
-    except ImportError:
+    try:   # the installed version, without importing torch (seconds) in a run that never uses it
+        info["torch"] = importlib.metadata.version("torch")
+    except importlib.metadata.PackageNotFoundError:
         info["torch"] = "not installed"
+    if "torch" in sys.modules:   # a run that trained with PyTorch: its thread count
+        info["torch_threads"] = str(sys.modules["torch"].get_num_threads())
     return info
 
 

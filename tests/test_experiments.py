@@ -1,8 +1,12 @@
 """The experiment scripts, the side-by-side report and the optimizers experiment, in --dry-run."""
 
 import csv
+import importlib.metadata
 import json
+import pathlib
 import pickle
+import subprocess
+import sys
 
 import jax
 import numpy as np
@@ -81,6 +85,18 @@ def test_script_dry_run_writes_metrics_plot_and_summary(name, framework, tmp_pat
         assert dropout_on == [] and saved["test_accuracy_dropout_on"] is None
     assert saved["framework"] == framework and saved["parameters"] == fn.models.get(tutorial.model).param_count
     assert saved["optimizer"] == tutorial.optimizer and saved["batch_size"] == tutorial.batch_size
+
+
+def test_a_jax_run_never_imports_torch(tmp_path):
+    """Importing torch costs seconds; a funcnets run records torch's version without it."""
+    code = ("import sys; from experiments import mnist_mlp, tutorial; "
+            f"s = tutorial.main(mnist_mlp.TUTORIAL, ['--dry-run', '--no-progress', '--dataset', 'digits', "
+            f"'--checkpoint-dir', {str(tmp_path)!r}, '--compile-cache', 'off']); "
+            "assert 'torch' not in sys.modules, 'torch was imported'; print(s['environment']['torch'])")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
+                          cwd=pathlib.Path(__file__).resolve().parent.parent)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip().splitlines()[-1] == importlib.metadata.version("torch")
 
 
 def test_mlp_script_takes_the_hidden_layer_size(tmp_path):
