@@ -205,11 +205,13 @@ def shard_batch(batch, mesh: Mesh):
 
 
 def shard_rows(index: jax.Array, mesh: Mesh) -> jax.Array:
-    """A ``(steps, batch)`` matrix of example indices with its batch axis split
-    over ``"data"``, or replicated when the batch does not divide by the device
-    count (the ragged last batch of an epoch)."""
+    """A ``(steps, batch)`` matrix of example indices (or one step's ``(batch,)``
+    row) with its batch axis split over ``"data"``, or replicated when the batch
+    does not divide by the device count (the ragged last batch of an epoch).
+    ``index`` holds the same values in every process."""
     size = _check_mesh(mesh)
-    spec = PartitionSpec(None, DATA_AXIS) if index.shape[1] % size == 0 else PartitionSpec()
+    leading = (None,) * (np.ndim(index) - 1)
+    spec = PartitionSpec(*leading, DATA_AXIS) if np.shape(index)[-1] % size == 0 else PartitionSpec()
     return _place(index, NamedSharding(mesh, spec))
 
 

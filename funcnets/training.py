@@ -327,10 +327,15 @@ def run_steps(state: TrainState, images: jax.Array, labels: jax.Array, index: ja
     """
     if scan is None:
         scan = uses_scan(state.model)
-    if mesh is not None:
-        index = parallel.shard_rows(index, mesh)
     if scan:
+        if mesh is not None:
+            index = parallel.shard_rows(index, mesh)
         return _scan_steps(state, images, labels, index, loss_fn=loss_fn)
+    if mesh is not None:
+        # Each row placed on the mesh by itself: a row of an index already split over
+        # several processes' devices could not be read here (only this process's part is).
+        rows_of = np.asarray(index)
+        index = [parallel.shard_rows(rows_of[k], mesh) for k in range(rows_of.shape[0])]
     history = []
     for rows in index:
         state, metrics = _indexed_step(state, images, labels, rows, loss_fn=loss_fn)

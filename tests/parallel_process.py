@@ -3,8 +3,9 @@
 Started twice, with ``JAX_COORDINATOR_ADDRESS``, ``JAX_NUM_PROCESSES=2`` and
 ``JAX_PROCESS_ID`` set. Each process loads only its shard of the digits, trains
 `STEPS` steps of SGD on global batches of `GLOBAL_BATCH` (its own `LOCAL_BATCH`
-rows each), then runs `fit` over a mesh spanning both processes, and writes the
-resulting params to ``<out>/process<id>.npz``.
+rows each), then runs `fit` over a mesh spanning both processes, and an epoch on
+the per-step loop path (the CNNs' path on the CPU) with `evaluate`, and writes
+the resulting params and metrics to ``<out>/process<id>.npz``.
 """
 
 import sys
@@ -42,6 +43,16 @@ def fit_run(state, mesh=None):
     return state, history
 
 
+def loop_epoch_run(state, mesh=None):
+    """One epoch on the per-step loop path (the CNNs' path on the CPU), then
+    `evaluate`, over `fit_split`: ``(state, per-step losses, evaluation)``."""
+    images, labels = fit_split()
+    state, metrics = fn.train_epoch(state, images, labels, batch_size=GLOBAL_BATCH, rng=jax.random.key(4),
+                                    scan=False, mesh=mesh)
+    return state, np.asarray(jax.device_get(metrics["loss"])), fn.evaluate(state, images, labels, batch_size=100,
+                                                                           mesh=mesh)
+
+
 def _host(tree):
     return {name: {k: np.asarray(v.addressable_data(0)) for k, v in layer.items()} for name, layer in tree.items()}
 
@@ -55,9 +66,12 @@ def main(out: str) -> None:
     for batch in local_batches(shard):
         state, metrics = fn.train_step(state, fn.parallel.shard_batch(batch, mesh))
     fitted, history = fit_run(state_for_run(), mesh)
+    looped, loop_losses, evaluation = loop_epoch_run(state_for_run(), mesh)
     arrays = {f"step/{name}/{k}": v for name, layer in _host(state.params).items() for k, v in layer.items()}
     arrays.update({f"fit/{name}/{k}": v for name, layer in _host(fitted.params).items() for k, v in layer.items()})
-    np.savez(f"{out}/process{info.process_id}.npz", rows=len(shard.labels), fit_loss=history[-1]["loss"], **arrays)
+    arrays.update({f"loop/{name}/{k}": v for name, layer in _host(looped.params).items() for k, v in layer.items()})
+    np.savez(f"{out}/process{info.process_id}.npz", rows=len(shard.labels), fit_loss=history[-1]["loss"],
+             loop_losses=loop_losses, eval_loss=evaluation["loss"], eval_accuracy=evaluation["accuracy"], **arrays)
     jax.distributed.shutdown()
 
 

@@ -75,7 +75,7 @@ def test_two_processes_train_as_one_on_the_same_global_batches(tmp_path):
     results = [np.load(tmp_path / f"process{i}.npz") for i in range(2)]
     assert [int(r["rows"]) for r in results] == [718, 719]  # 1,437 rows, none dropped
 
-    for prefix in ("step", "fit"):
+    for prefix in ("step", "fit", "loop"):
         first, second = _params(results[0], prefix), _params(results[1], prefix)
         jax.tree.map(np.testing.assert_array_equal, first, second)
 
@@ -92,6 +92,15 @@ def test_two_processes_train_as_one_on_the_same_global_batches(tmp_path):
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=0, atol=1e-6),
                  _params(results[0], "fit"), jax.device_get(fitted.params))
     assert float(results[0]["fit_loss"]) == pytest.approx(history[-1]["loss"], abs=1e-6)
+
+    # The per-step loop path: each step's rows reach both processes' devices (no iteration over
+    # an index split across processes), and evaluate splits its batches over them too.
+    looped, loop_losses, evaluation = parallel_process.loop_epoch_run(parallel_process.state_for_run())
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=0, atol=1e-6),
+                 _params(results[0], "loop"), jax.device_get(looped.params))
+    np.testing.assert_allclose(results[0]["loop_losses"], loop_losses, rtol=0, atol=1e-6)
+    assert float(results[0]["eval_accuracy"]) == evaluation["accuracy"] == float(results[1]["eval_accuracy"])
+    assert float(results[0]["eval_loss"]) == pytest.approx(evaluation["loss"], abs=1e-6)
 
 
 def test_initialize_is_a_no_op_in_a_single_process(monkeypatch):
