@@ -34,6 +34,9 @@ def _to_numpy(value: Any) -> np.ndarray:
 
 def torch_shapes(model: Model) -> dict[str, tuple[int, ...]]:
     """PyTorch's ``state_dict`` keys and shapes for ``model``, in PyTorch's order."""
+    if not model.layers:
+        raise ValueError(f"{model.name} is a model of one's own (funcnets.models.from_flax/from_functions): "
+                         "funcnets does not know its PyTorch layers, so it cannot map a state_dict to it")
     shapes = {}
     for name, spec in model.layers:
         shapes[f"{name}.weight"] = spec.torch_weight_shape
@@ -68,6 +71,7 @@ def params_from_torch(model: Model, state_dict: Mapping[str, Any]) -> Params:
 
 def params_to_numpy_state_dict(model: Model, params: Params) -> OrderedDict[str, np.ndarray]:
     """PyTorch's ``state_dict`` layout, as NumPy arrays (no torch needed)."""
+    torch_shapes(model)   # a clear error for a model without PyTorch layers
     params = jax.device_get(params)
     state_dict = OrderedDict()
     for name, spec in model.layers:

@@ -60,16 +60,21 @@ class Model:
     outputs: Literal["log_probs", "logits"]
     dropout: tuple[float, ...] = ()
     options: tuple[tuple[str, Any], ...] = ()
+    init_fn: Callable[[jax.Array], Any] | None = None
+    stochastic: bool | None = None
 
     def init(self, key: jax.Array, dtype=jnp.float32) -> Params:
-        """Draws every layer from PyTorch's default init; returns a nested dict.
+        """Fresh parameters from ``key``, in ``dtype``: a nested dict.
 
-        One ``jax.random.uniform`` draw of `param_count` numbers from ``key``,
-        cut in layer order (`funcnets.layers.init_from_unit`), in one jitted
-        program per model and dtype: XLA:CPU compiles each random draw on its
-        own, about 0.4 s apiece, so a draw per tensor cost the CNNs 4-6 s
-        before their first step."""
+        funcnets' nets draw every layer from PyTorch's default init: one
+        ``jax.random.uniform`` draw of `param_count` numbers, cut in layer
+        order (`funcnets.layers.init_from_unit`), in one jitted program per
+        model and dtype (XLA:CPU compiles each random draw on its own, about
+        0.4 s apiece). A model of one's own (`from_flax`, `from_functions`)
+        runs its own ``init_fn(key)``, its floating params cast to ``dtype``."""
         layers.check_key(key, "key")
+        if self.init_fn is not None:
+            return _init_custom(self, key, jnp.dtype(dtype))
         return _init_params(self, key, jnp.dtype(dtype))
 
     def apply(self, params: Params, x: jax.Array, *, train: bool = False,
@@ -79,17 +84,28 @@ class Model:
         ``train=True`` activates dropout, drawn from ``rng``.
         """
         self.check_images(x, "x")
-        if train and any(self.dropout) and rng is None:
+        if train and self.needs_rng and rng is None:
             raise ValueError(f"{self.name}: train=True applies dropout and needs rng=<PRNG key>")
         return self.forward(params, x, train=train, rng=rng, dropout=self.dropout)
 
     @property
+    def needs_rng(self) -> bool:
+        """Whether ``train=True`` draws random numbers (dropout), so needs ``rng``."""
+        return any(self.dropout) if self.stochastic is None else self.stochastic
+
+    @property
     def param_count(self) -> int:
+        if self.init_fn is not None:
+            return sum(math.prod(leaf.shape) for leaf in jax.tree.leaves(self.param_shapes()))
         return sum(layers.param_count(spec) for _, spec in self.layers)
+
+    def param_shapes(self):
+        """The params' tree of ``jax.ShapeDtypeStruct`` (traced once per model; nothing is computed)."""
+        return _param_shapes(self)
 
     @property
     def accepts_flat_input(self) -> bool:
-        return isinstance(self.layers[0][1], layers.Linear)
+        return bool(self.layers) and isinstance(self.layers[0][1], layers.Linear)
 
     def check_images(self, x, argument: str = "images") -> None:
         """Raises a clear error for a batch this model cannot take (works on tracers)."""
@@ -113,6 +129,17 @@ class Model:
         if len(shape) == 4 and shape[1] == self.input_shape[-1] and shape[-1] != self.input_shape[-1]:
             hint = " (this looks like NCHW; funcnets takes NHWC: x.transpose(0, 2, 3, 1))"
         raise ValueError(f"{self.name}: {argument} must have shape {expected}, got {tuple(shape)}{hint}")
+
+
+@functools.lru_cache(maxsize=64)
+def _param_shapes(model: Model):
+    return jax.eval_shape(model.init, jax.random.key(0))
+
+
+@functools.partial(jax.jit, static_argnums=(0, 2))
+def _init_custom(model: Model, key: jax.Array, dtype):
+    params = model.init_fn(key)
+    return jax.tree.map(lambda p: p.astype(dtype) if jnp.issubdtype(p.dtype, jnp.floating) else p, params)
 
 
 @functools.partial(jax.jit, static_argnums=(0, 2))
@@ -210,6 +237,126 @@ def _cifar_cnn(params, x, *, train, rng, dropout):
         x = layers.dropout(x, dropout[0], rng, train)
     with jax.named_scope("fc.3"):
         return layers.linear(params["fc.3"], x)
+
+
+# --- models of one's own -------------------------------------------------------
+
+def from_functions(init: Callable[[jax.Array], Any], apply: Callable[..., jax.Array], *,
+                   input_shape: tuple[int, ...], outputs: Literal["log_probs", "logits"],
+                   name: str = "custom", stochastic: bool = True) -> Model:
+    """A model from a pair of pure functions, for every funcnets entry point
+    (`funcnets.train_step`, `train_epoch`, `evaluate`, `fit`, checkpoints, ``mesh=``).
+
+    Args:
+      init: ``init(key) -> params``, any pytree of arrays.
+      apply: ``apply(params, x, *, train, rng) -> (B, classes)``; ``rng`` is
+        the step's PRNG key when ``train`` is true (for dropout), else None.
+      input_shape: one example's shape, e.g. ``(28, 28, 1)``.
+      outputs: ``"log_probs"`` (trained with NLL) or ``"logits"`` (cross-entropy).
+      name: what checkpoints and errors call it.
+      stochastic: whether ``train=True`` needs ``rng``.
+
+    >>> import jax, jax.numpy as jnp, funcnets as fn
+    >>> def init(key):
+    ...     return {"w": jax.random.normal(key, (784, 10)) * 0.01, "b": jnp.zeros(10)}
+    >>> def apply(params, x, *, train, rng):
+    ...     return x.reshape(x.shape[0], -1) @ params["w"] + params["b"]
+    >>> model = fn.models.from_functions(init, apply, input_shape=(28, 28, 1), outputs="logits",
+    ...                                  name="linear", stochastic=False)
+    >>> model.param_count
+    7850
+    """
+    if not callable(init) or not callable(apply):
+        raise TypeError("from_functions: init and apply must be functions")
+    input_shape = _input_shape(name, input_shape)
+    if outputs not in ("log_probs", "logits"):
+        raise ValueError(f"{name}: outputs must be 'log_probs' or 'logits', got {outputs!r}")
+
+    def forward(params, x, *, train, rng, dropout):
+        del dropout
+        return apply(params, x, train=train, rng=rng if train else None)
+
+    model = Model(name=name, layers=(), forward=forward, input_shape=input_shape, num_classes=0,
+                  outputs=outputs, init_fn=init, stochastic=bool(stochastic))
+    shapes = model.param_shapes()
+    out = jax.eval_shape(lambda p, x: apply(p, x, train=False, rng=None), shapes,
+                         jax.ShapeDtypeStruct((2, *input_shape), jnp.float32))
+    if getattr(out, "ndim", None) != 2 or out.shape[0] != 2:
+        raise ValueError(f"{name}: apply must return (B, classes) for a (B, {', '.join(map(str, input_shape))}) "
+                         f"batch, got {getattr(out, 'shape', type(out).__name__)}")
+    return dataclasses.replace(model, num_classes=int(out.shape[1]))
+
+
+def from_flax(module, *, input_shape: tuple[int, ...], outputs: Literal["log_probs", "logits"],
+              name: str | None = None) -> Model:
+    """A Flax Linen module as a funcnets model (`from_functions` of its ``init``/``apply``).
+
+    The module's own initialisers draw the params (``module.init``). If its
+    ``__call__`` takes ``train`` (Flax's MNIST example) or ``deterministic``
+    (``nn.Dropout``'s convention), funcnets passes ``train=True`` /
+    ``deterministic=False`` in training steps and the step's key as the
+    ``"dropout"`` rng collection, and the opposite for evaluation. Only the
+    ``"params"`` collection is trained: a module with mutable state (batch
+    norm's ``batch_stats``) is refused with an error saying so.
+
+    >>> import flax.linen as nn, funcnets as fn
+    >>> class MLP(nn.Module):
+    ...     @nn.compact
+    ...     def __call__(self, x, train: bool = False):
+    ...         x = nn.relu(nn.Dense(128)(x.reshape(x.shape[0], -1)))
+    ...         x = nn.Dropout(0.2, deterministic=not train)(x)
+    ...         return nn.Dense(10)(x)
+    >>> model = fn.models.from_flax(MLP(), input_shape=(28, 28, 1), outputs="logits")
+    >>> model.param_count
+    101770
+    """
+    import inspect
+
+    try:
+        import flax.linen as nn
+    except ImportError as error:  # flax is a dependency; this is for a broken install
+        raise ImportError(f"from_flax needs flax: {error}") from None
+    if not isinstance(module, nn.Module):
+        kind = "an NNX module (not supported: use nnx.bridge.to_linen, or from_functions)" if hasattr(
+            module, "__call__") and type(module).__module__.startswith("flax.nnx") else type(module).__name__
+        raise TypeError(f"from_flax takes a Flax Linen module (flax.linen.Module), got {kind}")
+    name = name or type(module).__name__
+    input_shape = _input_shape(name, input_shape)
+    parameters = inspect.signature(module.__call__).parameters
+    if "train" in parameters:
+        mode = lambda train: {"train": train}                    # noqa: E731
+    elif "deterministic" in parameters:
+        mode = lambda train: {"deterministic": not train}        # noqa: E731
+    else:
+        mode = lambda train: {}                                  # noqa: E731
+    example = jnp.zeros((1, *input_shape), jnp.float32)
+    collections = jax.eval_shape(lambda key: module.init({"params": key, "dropout": key}, example, **mode(False)),
+                                 jax.random.key(0))
+    extra = sorted(set(collections) - {"params"})
+    if extra:
+        raise ValueError(f"{name}: the module keeps mutable state in {extra} (e.g. BatchNorm's batch_stats); "
+                         "funcnets trains the 'params' collection only. Use a module without it (e.g. "
+                         "use_running_average=True, or LayerNorm/GroupNorm)")
+
+    def init(key):
+        return module.init({"params": key, "dropout": key}, example, **mode(False))["params"]
+
+    def apply(params, x, *, train, rng):
+        rngs = {"dropout": rng} if rng is not None else None
+        return module.apply({"params": params}, x, rngs=rngs, **mode(train))
+
+    return from_functions(init, apply, input_shape=input_shape, outputs=outputs, name=name,
+                          stochastic=bool(parameters.keys() & {"train", "deterministic"}))
+
+
+def _input_shape(name: str, input_shape) -> tuple[int, ...]:
+    try:
+        shape = tuple(int(d) for d in input_shape)
+    except (TypeError, ValueError):
+        shape = ()
+    if not shape or any(d < 1 for d in shape):
+        raise ValueError(f"{name}: input_shape must be one example's shape, e.g. (28, 28, 1), got {input_shape!r}")
+    return shape
 
 
 # --- the registry ------------------------------------------------------------

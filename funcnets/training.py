@@ -135,7 +135,10 @@ def _objective(state: TrainState, loss_fn):
 
 
 def _has_conv(model: Model) -> bool:
-    return any(isinstance(spec, layers.Conv2d) for _, spec in model.layers)
+    """Whether ``model`` convolves: a Conv2d layer, or (a model of one's own) a 4-D kernel."""
+    if model.layers:
+        return any(isinstance(spec, layers.Conv2d) for _, spec in model.layers)
+    return any(len(leaf.shape) == 4 for leaf in jax.tree.leaves(model.param_shapes()))
 
 
 # XLA:CPU routes convolutions through YNNPACK fusions by default. For these

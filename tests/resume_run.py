@@ -1,6 +1,6 @@
 """A small real training run for the exact-resume test: ``python tests/resume_run.py OUT MODEL [--resume]``.
 
-Trains MODEL on the bundled digits with checkpoints every 4 steps under OUT/ckpt,
+Trains MODEL (a funcnets net, or ``flax_cnn``: a Flax Linen CNN with dropout) on the bundled digits with checkpoints every 4 steps under OUT/ckpt,
 metrics in OUT/metrics.jsonl, final params in OUT/params.npz. Each epoch line
 sleeps a little so that a test can kill the process while it trains.
 """
@@ -8,17 +8,34 @@ sleeps a little so that a test can kill the process while it trains.
 import sys
 import time
 
+import flax.linen as nn
 import jax
 import numpy as np
 
 import funcnets as fn
 
 
+class FlaxCNN(nn.Module):
+    """A small Linen CNN with dropout, in Flax's MNIST-example conventions (``train``)."""
+
+    @nn.compact
+    def __call__(self, x, train: bool = False):
+        x = nn.max_pool(nn.relu(nn.Conv(8, (3, 3))(x)), (2, 2), (2, 2))
+        x = nn.Dropout(0.3, deterministic=not train)(x.reshape(x.shape[0], -1))
+        return nn.log_softmax(nn.Dense(10)(x))
+
+
+def model_of(name: str):
+    if name == "flax_cnn":
+        return fn.models.from_flax(FlaxCNN(), input_shape=(28, 28, 1), outputs="log_probs")
+    return fn.models.get(name)
+
+
 def main(out: str, model_name: str, resume: bool) -> None:
     train, test = fn.data.load("digits", "train"), fn.data.load("digits", "test")
-    n = 512 if model_name == "mnist_cnn" else len(train.labels)
+    n = 512 if model_name in ("mnist_cnn", "flax_cnn") else len(train.labels)
     images = fn.data.normalize(train.images[:n], train.info)
-    model = fn.models.get(model_name)
+    model = model_of(model_name)
     tx = fn.optim.adam(lr=1e-3)
     state = fn.create_train_state(model, tx, jax.random.key(0))
 
@@ -33,7 +50,7 @@ def main(out: str, model_name: str, resume: bool) -> None:
                           epochs=6, batch_size=50, rng=jax.random.key(1), log_every=2,
                           metrics_path=f"{out}/metrics.jsonl", checkpointer=ckpt, resume=resume,
                           progress=False, log=slow_log)
-    flat = {"/".join(str(k.key) for k in path): np.asarray(leaf)
+    flat = {"/".join(str(getattr(k, "key", k)) for k in path): np.asarray(leaf)
             for path, leaf in jax.tree_util.tree_leaves_with_path(state.params)}
     np.savez(f"{out}/params.npz", **flat)
     print("done", flush=True)

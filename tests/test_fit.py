@@ -176,8 +176,8 @@ def _run(out, model, *extra):
                             env={**os.environ, "PYTHONUNBUFFERED": "1"})
 
 
-@pytest.mark.parametrize("model", [  # the scan path; the per-step loop with dropout
-    "mnist_mlp", pytest.param("mnist_cnn", marks=pytest.mark.slow)])
+@pytest.mark.parametrize("model", [  # the scan path; the per-step loop with dropout; a Flax module's
+    "mnist_mlp", pytest.param("mnist_cnn", marks=pytest.mark.slow), "flax_cnn"])
 def test_sigkill_mid_training_then_resume_is_bit_identical(model, tmp_path):
     straight, killed = tmp_path / "straight", tmp_path / "killed"
     reference = _run(straight, model)

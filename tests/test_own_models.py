@@ -1,0 +1,146 @@
+"""Models of one's own through funcnets' API: a Flax Linen module (`from_flax`) and a
+pair of pure functions (`from_functions`): training steps, whole epochs (loop and
+scan), evaluation, fit with checkpoints, a mesh; and the errors for what does not fit.
+(The SIGKILL-and-resume test of a Flax CNN is in test_fit.py.)"""
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import funcnets as fn
+
+
+class FlaxCNN(nn.Module):
+    """Flax's MNIST-example convention: ``train`` switches dropout on."""
+
+    @nn.compact
+    def __call__(self, x, train: bool = False):
+        x = nn.max_pool(nn.relu(nn.Conv(8, (3, 3))(x)), (2, 2), (2, 2))
+        x = nn.Dropout(0.5, deterministic=not train)(x.reshape(x.shape[0], -1))
+        return nn.Dense(10)(x)
+
+
+class FlaxMLP(nn.Module):
+    """``nn.Dropout``'s convention: ``deterministic``."""
+
+    @nn.compact
+    def __call__(self, x, deterministic: bool = True):
+        x = nn.relu(nn.Dense(32)(x.reshape(x.shape[0], -1)))
+        return nn.log_softmax(nn.Dense(10)(nn.Dropout(0.2, deterministic=deterministic)(x)))
+
+
+@pytest.fixture(scope="module")
+def digits():
+    train = fn.data.load("digits")
+    return fn.data.normalize(train.images, train.info), train.labels
+
+
+def test_a_flax_cnn_trains_through_train_step_and_train_epoch(digits):
+    images, labels = digits
+    model = fn.models.from_flax(FlaxCNN(), input_shape=(28, 28, 1), outputs="logits")
+    assert (model.name, model.num_classes, model.needs_rng) == ("FlaxCNN", 10, True)
+    assert model.param_count == 3 * 3 * 8 + 8 + 14 * 14 * 8 * 10 + 10   # Flax convs pad SAME
+    state = fn.create_train_state(model, fn.optim.adam(lr=1e-3), jax.random.key(0))
+    before = fn.evaluate(state, images, labels)
+    state, metrics = fn.train_step(state, (images[:32], labels[:32]))
+    assert set(metrics) == {"loss", "accuracy"} and int(state.step) == 1
+    for scan in (False, True):   # the per-step loop and the whole-epoch scan
+        state, metrics = fn.train_epoch(state, images, labels, batch_size=64, rng=jax.random.key(1), scan=scan)
+        assert metrics["loss"].shape == (23,) and np.isfinite(metrics["loss"]).all()
+    after = fn.evaluate(state, images, labels)
+    assert after["loss"] < before["loss"] - 1.0 and after["accuracy"] > 0.8
+
+
+def test_flax_dropout_follows_the_key_and_eval_is_deterministic(digits):
+    images, _ = digits
+    x = jnp.asarray(images[:8])
+    for module in (FlaxCNN(), FlaxMLP()):
+        model = fn.models.from_flax(module, input_shape=(28, 28, 1), outputs="logits")
+        params = model.init(jax.random.key(0))
+        a = model.apply(params, x, train=True, rng=jax.random.key(1))
+        assert np.array_equal(a, model.apply(params, x, train=True, rng=jax.random.key(1)))
+        assert not np.array_equal(a, model.apply(params, x, train=True, rng=jax.random.key(2)))
+        assert np.array_equal(model.apply(params, x), model.apply(params, x))
+        assert not np.array_equal(a, model.apply(params, x))
+        with pytest.raises(ValueError, match="needs rng"):
+            model.apply(params, x, train=True)
+
+
+def test_flax_params_are_the_modules_own_init():
+    model = fn.models.from_flax(FlaxMLP(), input_shape=(28, 28, 1), outputs="log_probs")
+    ours = model.init(jax.random.key(3))
+    theirs = FlaxMLP().init({"params": jax.random.key(3), "dropout": jax.random.key(3)},
+                            jnp.zeros((1, 28, 28, 1)))["params"]
+    jax.tree.map(np.testing.assert_array_equal, ours, theirs)
+
+
+def test_init_takes_a_dtype(x64):
+    model = fn.models.from_flax(FlaxMLP(), input_shape=(28, 28, 1), outputs="log_probs")
+    assert {leaf.dtype for leaf in jax.tree.leaves(model.init(jax.random.key(0), jnp.float64))} == {
+        jnp.dtype(jnp.float64)}
+
+
+def test_pure_functions_fit_with_checkpoints_and_resume_exactly(digits, tmp_path):
+    images, labels = digits
+
+    def init(key):
+        return {"w": jax.random.normal(key, (784, 10)) * 0.01, "b": jnp.zeros(10)}
+
+    def apply(params, x, *, train, rng):
+        return x.reshape(x.shape[0], -1) @ params["w"] + params["b"][None, :]
+
+    model = fn.models.from_functions(init, apply, input_shape=(28, 28, 1), outputs="logits",
+                                     name="linear", stochastic=False)
+    assert (model.param_count, model.num_classes) == (7850, 10)
+    run = dict(epochs=2, batch_size=64, rng=jax.random.key(5), progress=False, log=lambda line: None)
+    straight, _ = fn.fit(fn.create_train_state(model, fn.optim.sgd(lr=0.1), jax.random.key(0)),
+                         (images, labels), **run)
+    with fn.checkpoint.Checkpointer(tmp_path, save_every_epoch=True) as ckpt:
+        fn.fit(fn.create_train_state(model, fn.optim.sgd(lr=0.1), jax.random.key(0)), (images, labels),
+               **{**run, "epochs": 1}, checkpointer=ckpt)
+    with fn.checkpoint.Checkpointer(tmp_path, save_every_epoch=True) as ckpt:
+        resumed, _ = fn.fit(fn.create_train_state(model, fn.optim.sgd(lr=0.1), jax.random.key(0)),
+                            (images, labels), **run, checkpointer=ckpt, resume=True)
+    jax.tree.map(np.testing.assert_array_equal, straight.params, resumed.params)
+    with fn.checkpoint.Checkpointer(tmp_path) as ckpt:   # another architecture is refused
+        other = fn.models.from_flax(FlaxMLP(), input_shape=(28, 28, 1), outputs="log_probs")
+        with pytest.raises(fn.checkpoint.CheckpointMismatchError, match="written for model 'linear'"):
+            ckpt.restore_latest(fn.create_train_state(other, fn.optim.sgd(lr=0.1), jax.random.key(0)))
+
+
+def test_a_flax_model_trains_on_a_mesh(digits):
+    images, labels = digits
+    model = fn.models.from_flax(FlaxMLP(), input_shape=(28, 28, 1), outputs="log_probs")
+    mesh = fn.parallel.data_mesh()
+    state = fn.create_train_state(model, fn.optim.sgd(lr=0.05), jax.random.key(0))
+    alone, _ = fn.train_epoch(state, images, labels, batch_size=64, rng=jax.random.key(1))
+    state = fn.create_train_state(model, fn.optim.sgd(lr=0.05), jax.random.key(0))
+    meshed, _ = fn.train_epoch(state, images, labels, batch_size=64, rng=jax.random.key(1), mesh=mesh)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-6), alone.params, meshed.params)
+
+
+def test_what_does_not_fit_is_refused_clearly():
+    class WithBatchNorm(nn.Module):
+        @nn.compact
+        def __call__(self, x, train: bool = False):
+            return nn.Dense(10)(nn.BatchNorm(use_running_average=not train)(x.reshape(x.shape[0], -1)))
+
+    with pytest.raises(ValueError, match=r"mutable state in \['batch_stats'\]"):
+        fn.models.from_flax(WithBatchNorm(), input_shape=(28, 28, 1), outputs="logits")
+    with pytest.raises(TypeError, match="takes a Flax Linen module"):
+        fn.models.from_flax(lambda x: x, input_shape=(28, 28, 1), outputs="logits")
+    with pytest.raises(ValueError, match="input_shape must be one example's shape"):
+        fn.models.from_flax(FlaxMLP(), input_shape=None, outputs="logits")
+    with pytest.raises(ValueError, match="outputs must be 'log_probs' or 'logits'"):
+        fn.models.from_flax(FlaxMLP(), input_shape=(28, 28, 1), outputs="probs")
+    with pytest.raises(ValueError, match=r"apply must return \(B, classes\)"):
+        fn.models.from_functions(lambda key: {"w": jnp.zeros(3)}, lambda p, x, *, train, rng: x,
+                                 input_shape=(28, 28, 1), outputs="logits")
+    model = fn.models.from_flax(FlaxMLP(), input_shape=(28, 28, 1), outputs="log_probs")
+    with pytest.raises(ValueError, match="model of one's own"):
+        fn.interop.params_to_numpy_state_dict(model, model.init(jax.random.key(0)))
+    state = fn.create_train_state(model, fn.optim.sgd(lr=0.1), jax.random.key(0))
+    with pytest.raises(ValueError, match=r"FlaxMLP: images must have shape \(B, 28, 28, 1\)"):
+        fn.train_step(state, (jnp.zeros((2, 28, 28)), jnp.zeros(2, jnp.int32)))
