@@ -164,7 +164,7 @@ def load(name: str, split: str = "train", *, data_dir: str | os.PathLike | None 
                 rows = shard_rows(len(labels), shard)
                 images, labels = images[rows], labels[rows]
             else:
-                images, labels, source = _load_tfds(spec.tfds_name, split, where, False, shard)
+                images, labels, source = _load_tfds(spec.tfds_name, split, where, shard)
         except _Missing as missing:
             attempts.append(str(missing))
             continue
@@ -406,7 +406,8 @@ def _read_cifar_binary(path: pathlib.Path):
     return records[:, 1:].reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1), records[:, 0]
 
 
-def _load_tfds(tfds_name: str, split: str, data_dir: str | None, download: bool, shard=None):
+def _load_tfds(tfds_name: str, split: str, data_dir: str | None, shard=None):
+    """A copy TFDS has prepared (read with ``as_data_source``; nothing is downloaded)."""
     where = f"TFDS {tfds_name} in {data_dir or 'the default TFDS data dir'}"
     try:
         import tensorflow_datasets as tfds
@@ -414,27 +415,22 @@ def _load_tfds(tfds_name: str, split: str, data_dir: str | None, download: bool,
         raise _Missing(f"{where}: tensorflow-datasets does not import ({error})") from None
     absl_logger = logging.getLogger("absl")
     level = absl_logger.level
-    if not download:  # TFDS warns about the missing copy we are only probing for
-        absl_logger.setLevel(logging.ERROR)
+    absl_logger.setLevel(logging.ERROR)  # TFDS warns about the missing copy we are only probing for
     try:
-        return _read_tfds(tfds, tfds_name, split, data_dir, download, where, shard)
+        return _read_tfds(tfds, tfds_name, split, data_dir, where, shard)
     finally:
         absl_logger.setLevel(level)
 
 
-def _read_tfds(tfds, tfds_name: str, split: str, data_dir: str | None, download: bool, where: str,
-               shard=None):
+def _read_tfds(tfds, tfds_name: str, split: str, data_dir: str | None, where: str, shard=None):
     builder = tfds.builder(tfds_name, data_dir=data_dir)
     try:
-        if download:
-            where = f"TFDS download of {tfds_name}"
-            builder.download_and_prepare(file_format="array_record")
         source = builder.as_data_source(split=split)
     except Exception as error:  # TFDS raises many kinds for "not here"; each is reported
-        if not download and not builder.is_prepared():
+        if not builder.is_prepared():
             raise _Missing(f"{where}: not prepared there") from None
         message = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        if "tensorflow" in str(error).lower() and not download:
+        if "tensorflow" in str(error).lower():
             message += " (a copy prepared as TFRecord needs TensorFlow to read; ArrayRecord copies do not)"
         raise _Missing(f"{where}: {type(error).__name__}: {message[:300]}") from None
     rows = shard_rows(len(source), shard)
