@@ -115,15 +115,17 @@ class Linear(NamedTuple):
 
 
 class Conv2d(NamedTuple):
-    """``nn.Conv2d(in_channels, out_channels, kernel_size)``, stride 1, no padding.
+    """``nn.Conv2d(in_channels, out_channels, kernel_size, stride=1, padding=0)``.
 
-    PyTorch's default ``padding=0`` is XLA's ``'VALID'``: an HxW input gives
-    ``(H - k + 1) x (W - k + 1)``.
+    An ``H x W`` input gives ``((H + 2p - k) // s + 1) x ((W + 2p - k) // s + 1)``
+    (PyTorch's default ``padding=0`` is XLA's ``'VALID'``).
     """
 
     in_channels: int
     out_channels: int
     kernel_size: int
+    stride: int = 1
+    padding: int = 0
 
     @property
     def fan_in(self) -> int:
@@ -151,15 +153,90 @@ class Conv2d(NamedTuple):
 Layer = Linear | Conv2d
 
 
+# --- layers without parameters, for composing nets (funcnets.models.sequential) -----------
+
+class ReLU(NamedTuple):
+    """``nn.ReLU()``."""
+
+
+class MaxPool2d(NamedTuple):
+    """``nn.MaxPool2d(kernel_size)`` (stride = kernel_size, floor): `max_pool2d`."""
+
+    kernel_size: int = 2
+
+
+class GlobalAvgPool2d(NamedTuple):
+    """``nn.AdaptiveAvgPool2d(1)``: ``(B, H, W, C) -> (B, 1, 1, C)``, the mean over H and W."""
+
+
+class Flatten(NamedTuple):
+    """``nn.Flatten()``: ``(B, ...) -> (B, prod(...))`` (a following `Linear` is ported
+    to PyTorch's NCHW flattening automatically)."""
+
+
+class Dropout(NamedTuple):
+    """``nn.Dropout(p)``: `dropout`."""
+
+    p: float = 0.5
+
+
+class Dropout2d(NamedTuple):
+    """``nn.Dropout2d(p)`` on an NHWC map: `dropout2d` (whole channels)."""
+
+    p: float = 0.5
+
+
+class LogSoftmax(NamedTuple):
+    """``nn.LogSoftmax(dim=1)``: log-probabilities over the classes."""
+
+
+Stateless = ReLU | MaxPool2d | GlobalAvgPool2d | Flatten | Dropout | Dropout2d | LogSoftmax
+
+
+def output_shape(spec, shape: tuple[int, ...]) -> tuple[int, ...]:
+    """One example's shape after ``spec`` (``shape`` without the batch axis, NHWC);
+    a ValueError saying why when ``spec`` cannot take ``shape``."""
+    if isinstance(spec, Linear):
+        if shape != (spec.in_features,):
+            raise ValueError(f"expects {spec.in_features} input features, gets shape {shape}"
+                             + (" (add a Flatten before it)" if len(shape) > 1 else ""))
+        return (spec.out_features,)
+    if isinstance(spec, Conv2d):
+        if len(shape) != 3 or shape[-1] != spec.in_channels:
+            raise ValueError(f"expects an (H, W, {spec.in_channels}) map, gets shape {shape}")
+        h, w = (size + 2 * spec.padding - spec.kernel_size for size in shape[:2])
+        if h < 0 or w < 0:
+            raise ValueError(f"a {spec.kernel_size}x{spec.kernel_size} kernel (padding {spec.padding}) does not "
+                             f"fit an input of shape {shape}")
+        return (h // spec.stride + 1, w // spec.stride + 1, spec.out_channels)
+    if isinstance(spec, (MaxPool2d, GlobalAvgPool2d, Dropout2d)):
+        if len(shape) != 3:
+            raise ValueError(f"expects an (H, W, C) map, gets shape {shape}")
+        if isinstance(spec, MaxPool2d):
+            if spec.kernel_size > min(shape[:2]):
+                raise ValueError(f"a {spec.kernel_size}x{spec.kernel_size} pool is larger than its input of "
+                                 f"shape {shape}")
+            return (shape[0] // spec.kernel_size, shape[1] // spec.kernel_size, shape[2])
+        return (1, 1, shape[2]) if isinstance(spec, GlobalAvgPool2d) else shape
+    if isinstance(spec, Flatten):
+        return (math.prod(shape),)
+    if isinstance(spec, (ReLU, Dropout, LogSoftmax)):
+        return shape
+    raise TypeError(f"not a funcnets layer: {spec!r}")
+
+
 def linear(params: Params, x: jax.Array) -> jax.Array:
     """``(B, in) -> (B, out)``: ``x @ kernel + bias``."""
     return x @ params["kernel"] + params["bias"][None, :]
 
 
-def conv2d(params: Params, x: jax.Array) -> jax.Array:
+def conv2d(params: Params, x: jax.Array, stride: int = 1, padding: int = 0) -> jax.Array:
     """``(B, H, W, Cin) -> (B, H-k+1, W-k+1, Cout)``: cross-correlation, as PyTorch::
 
         y[b, h, w, o] = bias[o] + sum_{i, j, c} x[b, h+i, w+j, c] * kernel[i, j, c, o]
+
+    With a ``stride`` or zero ``padding`` (on each side), XLA's convolution
+    with those, plus the bias; the shapes below are for stride 1, no padding.
 
     Two shapes leave XLA's convolution:
 
@@ -176,6 +253,11 @@ def conv2d(params: Params, x: jax.Array) -> jax.Array:
     """
     kernel = params["kernel"]
     kh, kw, in_channels, out_channels = kernel.shape
+    if stride != 1 or padding != 0:
+        y = jax.lax.conv_general_dilated(x, kernel, window_strides=(stride, stride),
+                                         padding=((padding, padding), (padding, padding)),
+                                         dimension_numbers=("NHWC", "HWIO", "NHWC"))
+        return add_bias(y, params["bias"])
     if in_channels == 1:
         return single_channel_conv2d(x, kernel, params["bias"])
     if x.shape[1] - kh + 1 < kh and x.shape[2] - kw + 1 < kw:

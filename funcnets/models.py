@@ -1,4 +1,4 @@
-"""The tutorial nets as pure functions over plain nested-dict pytrees.
+"""The tutorial nets, and nets of one's own, as pure functions over plain nested-dict pytrees.
 
 >>> import jax, jax.numpy as jnp, funcnets as fn
 >>> model = fn.models.get("mnist_cnn")
@@ -10,6 +10,14 @@ Parameter names are the PyTorch module names, so ``params["fc1"]["kernel"]``
 is ``state_dict["fc1.weight"]`` (transposed; see `funcnets.layers` for the
 layouts and `funcnets.interop` for the conversion). Inputs are float NHWC
 batches ``(B, H, W, C)``; the MLPs also take flat ``(B, H*W*C)`` batches.
+
+Three ways to a `Model`: `sequential` composes funcnets' layers as
+``nn.Sequential`` does (``mnist_mlp``, ``simple_net`` and ``mastering_cnn``
+are written so); `from_flax` takes a Flax Linen module; `from_functions` a
+pair of pure ``init``/``apply`` functions. ``mnist_cnn`` keeps a forward of
+its own (it draws both dropout masks in one hash, `funcnets.layers.uniform_draws`),
+and so does ``cifar_cnn`` (its parameter names are the nested ``conv.N`` /
+``fc.N`` of its author's ``nn.Sequential`` attributes).
 """
 
 from __future__ import annotations
@@ -47,6 +55,11 @@ class Model:
         (used to compare training curves with PyTorch step for step).
       options: the constructor arguments it was built with, as ``(name, value)``
         pairs (``funcnets.torch_models.twin`` builds the PyTorch twin with them).
+      init_fn: a model of one's own (`from_functions`, `from_flax`): its
+        ``init(key) -> params``, used instead of the layers' PyTorch init.
+      stochastic: whether ``train=True`` needs an ``rng`` (default: any dropout).
+      sequence: a `sequential` net's ``(name, layer)`` entries, every layer
+        (its PyTorch twin is the ``nn.Sequential`` of the same entries).
 
     Models are hashable values, so they can ride along in a jitted train
     state as static data.
@@ -62,6 +75,7 @@ class Model:
     options: tuple[tuple[str, Any], ...] = ()
     init_fn: Callable[[jax.Array], Any] | None = None
     stochastic: bool | None = None
+    sequence: tuple[tuple[str, Any], ...] | None = None
 
     def init(self, key: jax.Array, dtype=jnp.float32) -> Params:
         """Fresh parameters from ``key``, in ``dtype``: a nested dict.
@@ -149,31 +163,14 @@ def _init_params(model: Model, key: jax.Array, dtype) -> Params:
     return {name: layers.init_from_unit(spec, piece) for (name, spec), piece in zip(model.layers, pieces)}
 
 
-# --- forward functions -------------------------------------------------------
-# Each layer runs under a `jax.named_scope` of its param name, so XLA's op names
+# --- forward functions of the nets that are not a `sequential` -----------------
+# Each layer runs under a `jax.named_scope` of its param name (as in `sequential`), so XLA's op names
 # (profiles, HLO dumps) say which layer an op is for: ``jvp(conv2)/...`` in the
 # forward pass, ``transpose(jvp(conv2))/...`` in its gradient. Metadata only:
 # the compiled program is the same.
 
 def _flatten(x: jax.Array) -> jax.Array:
     return x.reshape(x.shape[0], -1)
-
-
-def _mnist_mlp(params, x, *, train, rng, dropout):
-    del train, rng, dropout
-    with jax.named_scope("linear1"):
-        x = jax.nn.relu(layers.linear(params["linear1"], _flatten(x)))
-    with jax.named_scope("linear2"):
-        return jax.nn.log_softmax(layers.linear(params["linear2"], x), axis=-1)
-
-
-def _simple_net(params, x, *, train, rng, dropout):
-    del train, rng, dropout
-    x = _flatten(x)
-    for name in ("fc1", "fc2", "fc3"):
-        with jax.named_scope(name):
-            x = jax.nn.relu(layers.linear(params[name], x))
-    return x
 
 
 def _mnist_cnn(params, x, *, train, rng, dropout):
@@ -202,27 +199,6 @@ def _mnist_cnn(params, x, *, train, rng, dropout):
         return jax.nn.log_softmax(layers.linear(params["fc2"], x), axis=-1)
 
 
-def _mastering_cnn(params, x, *, train, rng, dropout):
-    with jax.named_scope("cn1"):
-        x = jax.nn.relu(layers.conv2d(params["cn1"], x))
-    with jax.named_scope("cn2"):
-        x = jax.nn.relu(layers.conv2d(params["cn2"], x))
-    with jax.named_scope("max_pool"):
-        x = layers.max_pool2d(x, 2)
-    masked = train and any(dropout)
-    if masked:
-        pooled_key, fc1_key = jax.random.split(rng)
-        with jax.named_scope("dp1"):
-            x = layers.dropout2d(x, dropout[0], pooled_key, train)
-    with jax.named_scope("fc1"):
-        x = jax.nn.relu(layers.linear(params["fc1"], _flatten(x)))
-    if masked:
-        with jax.named_scope("dp2"):
-            x = layers.dropout(x, dropout[1], fc1_key, train)
-    with jax.named_scope("fc2"):
-        return jax.nn.log_softmax(layers.linear(params["fc2"], x), axis=-1)
-
-
 def _cifar_cnn(params, x, *, train, rng, dropout):
     for name in ("conv.0", "conv.2", "conv.4"):
         with jax.named_scope(name):
@@ -240,6 +216,103 @@ def _cifar_cnn(params, x, *, train, rng, dropout):
 
 
 # --- models of one's own -------------------------------------------------------
+
+def sequential(*entries, input_shape: tuple[int, ...], name: str = "sequential") -> Model:
+    """A net composed of funcnets' layers, as ``nn.Sequential`` composes PyTorch's.
+
+    ``entries`` are layers (`funcnets.layers.Linear`, ``Conv2d`` with stride and
+    padding, ``ReLU``, ``MaxPool2d``, ``GlobalAvgPool2d``, ``Dropout``,
+    ``Dropout2d``, ``Flatten``, ``LogSoftmax``) or ``(name, layer)`` pairs;
+    unnamed ones are named by their index, as ``nn.Sequential`` names them, so
+    ``params["0"]`` is ``state_dict["0.weight"]``. The net gets PyTorch's
+    default init, `param_count`, interop both ways, a PyTorch twin
+    (``funcnets.torch_models.twin``: the ``nn.Sequential`` of the same
+    entries) and every training entry point. It ends in log-probabilities
+    (trained with NLL) when its last layer is ``LogSoftmax``, else in logits
+    (cross-entropy). Shapes are checked when it is built: a layer that cannot
+    take its input raises a ValueError naming the layer and both shapes.
+    Dropout layers draw from one key each, split from the step's key in order.
+
+    >>> import funcnets as fn
+    >>> L = fn.layers
+    >>> net = fn.models.sequential(
+    ...     ("conv1", L.Conv2d(1, 16, 3)), L.ReLU(), L.MaxPool2d(2), L.Dropout2d(0.1), L.Flatten(),
+    ...     ("fc1", L.Linear(16 * 13 * 13, 64)), L.ReLU(), L.Dropout(0.25), ("fc2", L.Linear(64, 10)),
+    ...     L.LogSoftmax(), input_shape=(28, 28, 1), name="small_cnn")
+    >>> net.param_count, net.outputs
+    (173930, 'log_probs')
+    """
+    input_shape = _input_shape(name, input_shape)
+    if not entries:
+        raise ValueError(f"{name}: sequential needs at least one layer")
+    named, shape, param_layers, rates = [], input_shape, [], []
+    for index, entry in enumerate(entries):
+        layer_name, spec = entry if isinstance(entry, tuple) and len(entry) == 2 and isinstance(entry[0], str) \
+            else (str(index), entry)
+        if not isinstance(spec, (layers.Linear, layers.Conv2d, *layers.Stateless.__args__)):
+            raise TypeError(f"{name}: entry {index} is not a funcnets layer (funcnets.layers.Linear, Conv2d, "
+                            f"ReLU, ...): {entry!r}")
+        if any(layer_name == other for other, _ in named) or not layer_name or "." in layer_name:
+            raise ValueError(f"{name}: layer name {layer_name!r} is empty, repeated or has a '.'")
+        if isinstance(spec, layers.Linear) and len(shape) == 1 and named and isinstance(named[-1][1], layers.Flatten) \
+                and len(flattened_from) == 3:
+            h, w, c = flattened_from                     # PyTorch flattened (C, H, W); funcnets (H, W, C)
+            if c > 1:
+                spec = spec._replace(torch_input_chw=(c, h, w))
+        flattened_from = shape
+        try:
+            shape = layers.output_shape(spec, shape)
+        except ValueError as error:
+            raise ValueError(f"{name}: layer {layer_name!r} ({type(spec).__name__}) {error}") from None
+        named.append((layer_name, spec))
+        if isinstance(spec, (layers.Linear, layers.Conv2d)):
+            param_layers.append((layer_name, spec))
+        if isinstance(spec, (layers.Dropout, layers.Dropout2d)):
+            rates.append(float(spec.p))
+    if len(shape) != 1:
+        raise ValueError(f"{name}: the last layer gives shape {shape}; a classifier ends in (classes,) "
+                         "(add a Flatten and a Linear)")
+    if not param_layers:
+        raise ValueError(f"{name}: no layer with parameters (Linear or Conv2d)")
+    _rates(name, rates, len(rates))
+    outputs = "log_probs" if isinstance(named[-1][1], layers.LogSoftmax) else "logits"
+    sequence = tuple(named)
+    return Model(name=name, layers=tuple(param_layers), forward=functools.partial(_sequential_forward, sequence),
+                 input_shape=input_shape, num_classes=shape[0], outputs=outputs, dropout=tuple(rates),
+                 sequence=sequence)
+
+
+def _sequential_forward(sequence, params, x, *, train, rng, dropout):
+    """`sequential`'s forward: each layer in turn; the i-th dropout layer at rate
+    ``dropout[i]`` with the i-th key split from ``rng``."""
+    masked = train and any(dropout)
+    keys = iter(jax.random.split(rng, len(dropout))) if masked else None
+    rates = iter(dropout)
+    if x.ndim > 2 and isinstance(sequence[0][1], layers.Linear):   # images into a first Linear
+        x = x.reshape(x.shape[0], -1)
+    for layer_name, spec in sequence:
+        with jax.named_scope(layer_name):
+            if isinstance(spec, layers.Linear):
+                x = layers.linear(params[layer_name], x)
+            elif isinstance(spec, layers.Conv2d):
+                x = layers.conv2d(params[layer_name], x, spec.stride, spec.padding)
+            elif isinstance(spec, layers.ReLU):
+                x = jax.nn.relu(x)
+            elif isinstance(spec, layers.MaxPool2d):
+                x = layers.max_pool2d(x, spec.kernel_size)
+            elif isinstance(spec, layers.GlobalAvgPool2d):
+                x = jnp.mean(x, axis=(1, 2), keepdims=True)
+            elif isinstance(spec, layers.Flatten):
+                x = x.reshape(x.shape[0], -1)
+            elif isinstance(spec, (layers.Dropout, layers.Dropout2d)):
+                rate = next(rates)
+                key = next(keys) if masked else None
+                drop = layers.dropout2d if isinstance(spec, layers.Dropout2d) else layers.dropout
+                x = drop(x, rate, key, masked and rate > 0)
+            elif isinstance(spec, layers.LogSoftmax):
+                x = jax.nn.log_softmax(x, axis=-1)
+    return x
+
 
 def from_functions(init: Callable[[jax.Array], Any], apply: Callable[..., jax.Array], *,
                    input_shape: tuple[int, ...], outputs: Literal["log_probs", "logits"],
@@ -371,13 +444,13 @@ def mnist_mlp(n_in: int = 784, n_hidden: int = 100, n_out: int = 10) -> Model:
     parameter we can choose here is the number of neurons in the hidden
     layer"). With ``n_in`` other than 784 the net takes flat ``(B, n_in)`` inputs.
     """
-    return Model(
-        name="mnist_mlp",
-        layers=(("linear1", layers.Linear(_size("mnist_mlp", "n_in", n_in), _size("mnist_mlp", "n_hidden", n_hidden))),
-                ("linear2", layers.Linear(n_hidden, _size("mnist_mlp", "n_out", n_out)))),
-        forward=_mnist_mlp, input_shape=_flat_input_shape(n_in), num_classes=n_out, outputs="log_probs",
-        options=(("n_in", n_in), ("n_hidden", n_hidden), ("n_out", n_out)),
-    )
+    sizes = [_size("mnist_mlp", arg, value) for arg, value in (("n_in", n_in), ("n_hidden", n_hidden), ("n_out", n_out))]
+    net = sequential(
+        layers.Flatten(),
+        ("linear1", layers.Linear(sizes[0], sizes[1])), layers.ReLU(),
+        ("linear2", layers.Linear(sizes[1], sizes[2])), layers.LogSoftmax(),
+        input_shape=_flat_input_shape(n_in), name="mnist_mlp")
+    return dataclasses.replace(net, options=(("n_in", n_in), ("n_hidden", n_hidden), ("n_out", n_out)))
 
 
 def simple_net(input_size: int = 784, output_size: int = 10) -> Model:
@@ -392,14 +465,13 @@ def simple_net(input_size: int = 784, output_size: int = 10) -> Model:
     stuck below 0 cannot recover. It still trains, a little worse than without
     it. 109,386 params.
     """
-    return Model(
-        name="simple_net",
-        layers=(("fc1", layers.Linear(_size("simple_net", "input_size", input_size), 128)),
-                ("fc2", layers.Linear(128, 64)),
-                ("fc3", layers.Linear(64, _size("simple_net", "output_size", output_size)))),
-        forward=_simple_net, input_shape=_flat_input_shape(input_size), num_classes=output_size, outputs="logits",
-        options=(("input_size", input_size), ("output_size", output_size)),
-    )
+    net = sequential(
+        layers.Flatten(),
+        ("fc1", layers.Linear(_size("simple_net", "input_size", input_size), 128)), layers.ReLU(),
+        ("fc2", layers.Linear(128, 64)), layers.ReLU(),
+        ("fc3", layers.Linear(64, _size("simple_net", "output_size", output_size))), layers.ReLU(),
+        input_shape=_flat_input_shape(input_size), name="simple_net")
+    return dataclasses.replace(net, options=(("input_size", input_size), ("output_size", output_size)))
 
 
 def mnist_cnn(dropout: tuple[float, float] = (0.25, 0.5)) -> Model:
@@ -461,14 +533,15 @@ def mastering_cnn(dropout: tuple[float, float] = (0.10, 0.25)) -> Model:
     ``dropout``: the two rates; ``(0.0, 0.0)`` turns dropout off.
     """
     rates = _rates("mastering_cnn", dropout, 2)
-    return Model(
-        name="mastering_cnn",
-        layers=(("cn1", layers.Conv2d(1, 16, 3)), ("cn2", layers.Conv2d(16, 32, 3)),
-                ("fc1", layers.Linear(4608, 64, torch_input_chw=(32, 12, 12))),
-                ("fc2", layers.Linear(64, 10))),
-        forward=_mastering_cnn, input_shape=(28, 28, 1), num_classes=10, outputs="log_probs",
-        dropout=rates, options=(("dropout", rates),),
-    )
+    net = sequential(
+        ("cn1", layers.Conv2d(1, 16, 3)), layers.ReLU(),
+        ("cn2", layers.Conv2d(16, 32, 3)), layers.ReLU(),
+        layers.MaxPool2d(2), ("dp1", layers.Dropout2d(rates[0])), layers.Flatten(),
+        ("fc1", layers.Linear(4608, 64)), layers.ReLU(),
+        ("dp2", layers.Dropout(rates[1])),             # Dropout2d on (B, 64): element-wise
+        ("fc2", layers.Linear(64, 10)), layers.LogSoftmax(),
+        input_shape=(28, 28, 1), name="mastering_cnn")
+    return dataclasses.replace(net, options=(("dropout", rates),))
 
 
 def cifar_cnn(output_dim: int = 10, dropout: float = 0.5) -> Model:

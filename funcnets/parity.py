@@ -116,7 +116,7 @@ def torch_curve(model: Model, spec: OptimizerSpec, state_dict, batches) -> tuple
     net = net.double() if dtype == np.float64 else net.float()
     net.load_state_dict({k: torch.from_numpy(np.array(v)) for k, v in state_dict.items()})
     net.eval()
-    loss_of = torch_models.loss_fn(model.name)
+    loss_of = torch_models.loss_for(model)
     optimizer, scheduler = spec.torch(net.parameters())
     losses = []
     for step, (images, labels) in enumerate(batches, start=1):

@@ -23,6 +23,7 @@ inside (a no-op on flat input).
 from __future__ import annotations
 
 import warnings
+from collections import OrderedDict
 
 import torch
 import torch.nn.functional as F
@@ -139,9 +140,42 @@ def build(name: str, **options) -> nn.Module:
 
 
 def twin(model) -> nn.Module:
-    """The PyTorch twin of a funcnets `Model`, built with the same constructor
-    arguments (``model.options``)."""
+    """The PyTorch twin of a funcnets `Model`: a tutorial net's class built with
+    the same constructor arguments (``model.options``), or for a
+    `funcnets.models.sequential` net the ``nn.Sequential`` of the same entries."""
+    if model.name in _BUILDERS and model.options:   # a tutorial net: its tutorial's class
+        return build(model.name, **dict(model.options))
+    if model.sequence is not None:
+        return nn.Sequential(OrderedDict((name, _module(spec)) for name, spec in model.sequence))
+    if model.init_fn is not None:
+        raise ValueError(f"{model.name} is a model of one's own (from_flax/from_functions): it has no PyTorch twin")
     return build(model.name, **dict(model.options))
+
+
+def _module(spec) -> nn.Module:
+    """The ``torch.nn`` module of one `funcnets.layers` spec."""
+    from funcnets import layers
+
+    if isinstance(spec, layers.Linear):
+        return nn.Linear(spec.in_features, spec.out_features)
+    if isinstance(spec, layers.Conv2d):
+        return nn.Conv2d(spec.in_channels, spec.out_channels, spec.kernel_size, spec.stride, spec.padding)
+    simple = {layers.ReLU: nn.ReLU, layers.Flatten: nn.Flatten, layers.GlobalAvgPool2d: lambda: nn.AdaptiveAvgPool2d(1),
+              layers.LogSoftmax: lambda: nn.LogSoftmax(dim=1)}
+    if type(spec) in simple:
+        return simple[type(spec)]()
+    if isinstance(spec, layers.MaxPool2d):
+        return nn.MaxPool2d(spec.kernel_size)
+    if isinstance(spec, layers.Dropout):
+        return nn.Dropout(spec.p)
+    if isinstance(spec, layers.Dropout2d):
+        return nn.Dropout2d(spec.p)
+    raise TypeError(f"no torch.nn module for {spec!r}")
+
+
+def loss_for(model):
+    """The loss a funcnets `Model` trains with, in PyTorch: NLL after log-softmax, else cross-entropy."""
+    return F.nll_loss if model.outputs == "log_probs" else F.cross_entropy
 
 
 def nchw(images):

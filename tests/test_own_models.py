@@ -144,3 +144,91 @@ def test_what_does_not_fit_is_refused_clearly():
     state = fn.create_train_state(model, fn.optim.sgd(lr=0.1), jax.random.key(0))
     with pytest.raises(ValueError, match=r"FlaxMLP: images must have shape \(B, 28, 28, 1\)"):
         fn.train_step(state, (jnp.zeros((2, 28, 28)), jnp.zeros(2, jnp.int32)))
+
+
+# --- nets composed of funcnets' layers --------------------------------------------------------
+
+L = fn.layers
+
+
+def _composed(dropout=(0.1, 0.25)):
+    return fn.models.sequential(
+        ("conv1", L.Conv2d(1, 8, 3, stride=2, padding=1)), L.ReLU(), ("conv2", L.Conv2d(8, 16, 3)), L.ReLU(),
+        L.MaxPool2d(2), L.Dropout2d(dropout[0]), L.Flatten(), ("fc1", L.Linear(16 * 6 * 6, 32)), L.ReLU(),
+        L.Dropout(dropout[1]), ("fc2", L.Linear(32, 10)), L.LogSoftmax(), input_shape=(28, 28, 1), name="mine")
+
+
+def _torch_mine():
+    """The same net written in PyTorch by hand, as a user would."""
+    torch = pytest.importorskip("torch")
+    from torch import nn as tnn
+
+    class Mine(tnn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv1 = tnn.Conv2d(1, 8, 3, stride=2, padding=1)
+            self.conv2 = tnn.Conv2d(8, 16, 3)
+            self.fc1 = tnn.Linear(16 * 6 * 6, 32)
+            self.fc2 = tnn.Linear(32, 10)
+
+        def forward(self, x):
+            x = torch.relu(self.conv2(torch.relu(self.conv1(x))))
+            x = torch.flatten(torch.nn.functional.max_pool2d(x, 2), 1)
+            return torch.log_softmax(self.fc2(torch.relu(self.fc1(x))), dim=1)
+
+    return Mine()
+
+
+def test_a_composed_net_matches_a_pytorch_module_written_by_hand(x64):
+    torch = pytest.importorskip("torch")
+    from funcnets import torch_models
+    from funcnets.parity import OptimizerSpec, jax_curve, synthetic_batches, torch_curve
+
+    model = _composed()
+    assert (model.outputs, model.num_classes, model.dropout) == ("log_probs", 10, (0.1, 0.25))
+    torch.manual_seed(0)
+    theirs = _torch_mine().double().eval()
+    assert model.param_count == sum(p.numel() for p in theirs.parameters())
+    params = fn.interop.params_from_torch(model, theirs.state_dict())
+    x = np.random.default_rng(0).standard_normal((4, 28, 28, 1))
+    expected = theirs(torch.from_numpy(torch_models.nchw(x))).detach().numpy()
+    assert np.abs(np.asarray(model.apply(params, jnp.asarray(x))) - expected).max() <= 1e-12
+    # and a few SGD steps (dropout off on both sides), from that init on the same batches
+    state_dict = {k: v.numpy() for k, v in theirs.state_dict().items()}
+    batches = synthetic_batches(model, 5, 8, seed=1, dtype=np.float64)
+    ours, _ = jax_curve(model, OptimizerSpec("sgd", {"lr": 0.05, "momentum": 0.9}), state_dict, batches)
+    twin, _ = torch_curve(model, OptimizerSpec("sgd", {"lr": 0.05, "momentum": 0.9}), state_dict, batches)
+    np.testing.assert_allclose(ours, twin, rtol=0, atol=1e-12)
+    # the twin torch_models builds has the same names and layers
+    built = torch_models.twin(model)
+    assert sorted(built.state_dict()) == sorted(theirs.state_dict())
+    built.load_state_dict(fn.interop.params_to_torch(model, params))
+
+
+def test_a_composed_net_trains_and_its_dropout_follows_the_key(digits):
+    images, labels = digits
+    model = _composed()
+    state = fn.create_train_state(model, fn.optim.adadelta(lr=1.0), jax.random.key(0))
+    before = fn.evaluate(state, images, labels)
+    state, _ = fn.train_epoch(state, images, labels, batch_size=32, rng=jax.random.key(1))
+    assert fn.evaluate(state, images, labels)["loss"] < before["loss"] - 0.5
+    x = jnp.asarray(images[:8])
+    a = model.apply(state.params, x, train=True, rng=jax.random.key(2))
+    assert not np.array_equal(a, model.apply(state.params, x, train=True, rng=jax.random.key(3)))
+    assert np.array_equal(model.apply(state.params, x), model.apply(state.params, x))
+
+
+def test_compositions_that_do_not_fit_fail_when_built():
+    with pytest.raises(ValueError, match=r"layer 'fc1' \(Linear\) expects 100 input features, gets shape \(2304,\)"):
+        fn.models.sequential(L.Conv2d(1, 4, 5), L.Flatten(), ("fc1", L.Linear(100, 10)), input_shape=(28, 28, 1))
+    with pytest.raises(ValueError, match=r"layer '1' \(MaxPool2d\) a 8x8 pool is larger than its input of shape "
+                                         r"\(4, 4, 2\)"):
+        fn.models.sequential(L.Conv2d(1, 2, 3), L.MaxPool2d(8), L.Flatten(), L.Linear(2, 2), input_shape=(6, 6, 1))
+    with pytest.raises(ValueError, match=r"layer '0' \(Conv2d\) expects an \(H, W, 3\) map, gets shape \(28, 28, 1\)"):
+        fn.models.sequential(L.Conv2d(3, 2, 3), L.Flatten(), L.Linear(2 * 26 * 26, 2), input_shape=(28, 28, 1))
+    with pytest.raises(ValueError, match=r"gives shape \(26, 26, 2\); a classifier ends in \(classes,\)"):
+        fn.models.sequential(L.Conv2d(1, 2, 3), input_shape=(28, 28, 1))
+    with pytest.raises(TypeError, match="entry 1 is not a funcnets layer"):
+        fn.models.sequential(L.Linear(784, 10), "relu", input_shape=(784,))
+    with pytest.raises(ValueError, match="layer name 'a' is empty, repeated"):
+        fn.models.sequential(("a", L.Linear(784, 10)), ("a", L.Linear(10, 10)), input_shape=(784,))
