@@ -457,9 +457,18 @@ def dropout2d(x: jax.Array, rate: float, rng: jax.Array | None, train: bool) -> 
         return x
     if x.ndim != 4:
         raise ValueError(f"dropout2d: x must be an NHWC map (B, H, W, C), got shape {tuple(x.shape)}")
-    batch, _, _, channels = x.shape
-    unit = uniform_draws(rng, batch * channels).reshape(batch, 1, 1, channels)
-    keep = unit < 1.0 - rate
+    return dropout2d_from_unit(x, rate, uniform_draws(rng, x.shape[0] * x.shape[3]))
+
+
+def dropout2d_from_unit(x: jax.Array, rate: float, unit: jax.Array) -> jax.Array:
+    """`dropout2d` (training) with its mask given as ``B*C`` draws of ``U[0, 1)``,
+    channel ``c`` of image ``b`` kept where ``unit[b*C + c] < 1 - rate``."""
+    batch, channels = x.shape[0], x.shape[-1]
+    if unit.size != batch * channels:
+        raise ValueError(f"dropout2d_from_unit: unit must hold B*C = {batch * channels} draws, got {unit.size}")
+    if rate == 0.0:
+        return x
+    keep = unit.reshape(batch, 1, 1, channels) < 1.0 - rate
     return jnp.where(keep, x / (1.0 - rate), jnp.zeros_like(x))
 
 

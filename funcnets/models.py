@@ -12,12 +12,11 @@ layouts and `funcnets.interop` for the conversion). Inputs are float NHWC
 batches ``(B, H, W, C)``; the MLPs also take flat ``(B, H*W*C)`` batches.
 
 Three ways to a `Model`: `sequential` composes funcnets' layers as
-``nn.Sequential`` does (``mnist_mlp``, ``simple_net`` and ``mastering_cnn``
-are written so); `from_flax` takes a Flax Linen module; `from_functions` a
-pair of pure ``init``/``apply`` functions. ``mnist_cnn`` keeps a forward of
-its own (it draws both dropout masks in one hash, `funcnets.layers.uniform_draws`),
-and so does ``cifar_cnn`` (its parameter names are the nested ``conv.N`` /
-``fc.N`` of its author's ``nn.Sequential`` attributes).
+``nn.Sequential`` does; `from_flax` takes a Flax Linen module; `from_functions` a
+pair of pure ``init``/``apply`` functions. ``mnist_mlp``, ``simple_net``,
+``mnist_cnn`` and ``mastering_cnn`` are `sequential` nets; ``cifar_cnn`` keeps a
+forward of its own, its parameter names being the nested ``conv.N`` / ``fc.N``
+of its author's two ``nn.Sequential`` attributes.
 """
 
 from __future__ import annotations
@@ -173,32 +172,6 @@ def _flatten(x: jax.Array) -> jax.Array:
     return x.reshape(x.shape[0], -1)
 
 
-def _mnist_cnn(params, x, *, train, rng, dropout):
-    with jax.named_scope("conv1"):
-        x = jax.nn.relu(layers.conv2d(params["conv1"], x))
-    with jax.named_scope("conv2"):
-        x = jax.nn.relu(layers.conv2d(params["conv2"], x))
-    with jax.named_scope("max_pool"):
-        x = layers.max_pool2d(x, 2)
-    masked = train and any(dropout)
-    if masked:
-        with jax.named_scope("dropout_draws"):
-            # Both masks from one draw: (B, 12, 12, 64) then (B, 128) uniforms, one
-            # hash and no key split (a split and two draws compiled 1.1 s slower when
-            # the hash was JAX's looped one; with layers.threefry2x32_hash, 0-0.3 s).
-            sizes = [x.size, x.shape[0] * params["fc1"]["kernel"].shape[1]]
-            pooled_unit, fc1_unit = layers.split_sizes(layers.uniform_draws(rng, sum(sizes)), sizes)
-        with jax.named_scope("dropout1"):
-            x = layers.dropout_from_unit(x, dropout[0], pooled_unit)
-    with jax.named_scope("fc1"):
-        x = jax.nn.relu(layers.linear(params["fc1"], _flatten(x)))
-    if masked:
-        with jax.named_scope("dropout2"):
-            x = layers.dropout_from_unit(x, dropout[1], fc1_unit)
-    with jax.named_scope("fc2"):
-        return jax.nn.log_softmax(layers.linear(params["fc2"], x), axis=-1)
-
-
 def _cifar_cnn(params, x, *, train, rng, dropout):
     for name in ("conv.0", "conv.2", "conv.4"):
         with jax.named_scope(name):
@@ -231,7 +204,7 @@ def sequential(*entries, input_shape: tuple[int, ...], name: str = "sequential")
     (trained with NLL) when its last layer is ``LogSoftmax``, else in logits
     (cross-entropy). Shapes are checked when it is built: a layer that cannot
     take its input raises a ValueError naming the layer and both shapes.
-    Dropout layers draw from one key each, split from the step's key in order.
+    In training, all dropout masks come from one draw of the step's key.
 
     >>> import funcnets as fn
     >>> L = fn.layers
@@ -283,13 +256,15 @@ def sequential(*entries, input_shape: tuple[int, ...], name: str = "sequential")
 
 
 def _sequential_forward(sequence, params, x, *, train, rng, dropout):
-    """`sequential`'s forward: each layer in turn; the i-th dropout layer at rate
-    ``dropout[i]`` with the i-th key split from ``rng``."""
-    masked = train and any(dropout)
-    keys = iter(jax.random.split(rng, len(dropout))) if masked else None
-    rates = iter(dropout)
+    """`sequential`'s forward: each layer in turn, the i-th dropout layer at rate
+    ``dropout[i]``. In training, every mask comes from one `layers.uniform_draws`
+    of ``rng``, cut in layer order (one hash for all: faster to compile and
+    run than a key split and a draw per layer)."""
     if x.ndim > 2 and isinstance(sequence[0][1], layers.Linear):   # images into a first Linear
         x = x.reshape(x.shape[0], -1)
+    masked = train and any(dropout)
+    units = iter(_dropout_units(sequence, x, rng) if masked else ())
+    rates = iter(dropout)
     for layer_name, spec in sequence:
         with jax.named_scope(layer_name):
             if isinstance(spec, layers.Linear):
@@ -306,12 +281,29 @@ def _sequential_forward(sequence, params, x, *, train, rng, dropout):
                 x = x.reshape(x.shape[0], -1)
             elif isinstance(spec, (layers.Dropout, layers.Dropout2d)):
                 rate = next(rates)
-                key = next(keys) if masked else None
-                drop = layers.dropout2d if isinstance(spec, layers.Dropout2d) else layers.dropout
-                x = drop(x, rate, key, masked and rate > 0)
+                if masked:
+                    from_unit = layers.dropout2d_from_unit if isinstance(spec, layers.Dropout2d) \
+                        else layers.dropout_from_unit
+                    x = from_unit(x, rate, next(units))
             elif isinstance(spec, layers.LogSoftmax):
                 x = jax.nn.log_softmax(x, axis=-1)
     return x
+
+
+def _dropout_units(sequence, x, rng) -> list[jax.Array]:
+    """The ``U[0, 1)`` draws of every dropout layer of ``sequence`` for the batch
+    ``x``: one `layers.uniform_draws`, cut into each layer's ``B * features``
+    (``Dropout``) or ``B * C`` (``Dropout2d``)."""
+    shape, sizes = tuple(x.shape[1:]), []
+    for _, spec in sequence:
+        if isinstance(spec, layers.Dropout):
+            sizes.append(x.shape[0] * math.prod(shape))
+        elif isinstance(spec, layers.Dropout2d):
+            sizes.append(x.shape[0] * shape[-1])
+        shape = layers.output_shape(spec, shape) if not isinstance(spec, layers.Linear) or len(shape) == 1 \
+            else (spec.out_features,)
+    with jax.named_scope("dropout_draws"):
+        return layers.split_sizes(layers.uniform_draws(rng, sum(sizes)), sizes)
 
 
 def from_functions(init: Callable[[jax.Array], Any], apply: Callable[..., jax.Array], *,
@@ -498,14 +490,14 @@ def mnist_cnn(dropout: tuple[float, float] = (0.25, 0.5)) -> Model:
     ``dropout``: the two rates; ``(0.0, 0.0)`` turns dropout off.
     """
     rates = _rates("mnist_cnn", dropout, 2)
-    return Model(
-        name="mnist_cnn",
-        layers=(("conv1", layers.Conv2d(1, 32, 3)), ("conv2", layers.Conv2d(32, 64, 3)),
-                ("fc1", layers.Linear(9216, 128, torch_input_chw=(64, 12, 12))),
-                ("fc2", layers.Linear(128, 10))),
-        forward=_mnist_cnn, input_shape=(28, 28, 1), num_classes=10, outputs="log_probs",
-        dropout=rates, options=(("dropout", rates),),
-    )
+    net = sequential(
+        ("conv1", layers.Conv2d(1, 32, 3)), layers.ReLU(),
+        ("conv2", layers.Conv2d(32, 64, 3)), layers.ReLU(),
+        layers.MaxPool2d(2), ("dropout1", layers.Dropout(rates[0])), layers.Flatten(),
+        ("fc1", layers.Linear(9216, 128)), layers.ReLU(), ("dropout2", layers.Dropout(rates[1])),
+        ("fc2", layers.Linear(128, 10)), layers.LogSoftmax(),
+        input_shape=(28, 28, 1), name="mnist_cnn")
+    return dataclasses.replace(net, options=(("dropout", rates),))
 
 
 def mastering_cnn(dropout: tuple[float, float] = (0.10, 0.25)) -> Model:
