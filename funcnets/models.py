@@ -13,10 +13,8 @@ batches ``(B, H, W, C)``; the MLPs also take flat ``(B, H*W*C)`` batches.
 
 Three ways to a `Model`: `sequential` composes funcnets' layers as
 ``nn.Sequential`` does; `from_flax` takes a Flax Linen module; `from_functions` a
-pair of pure ``init``/``apply`` functions. ``mnist_mlp``, ``simple_net``,
-``mnist_cnn`` and ``mastering_cnn`` are `sequential` nets; ``cifar_cnn`` keeps a
-forward of its own, its parameter names being the nested ``conv.N`` / ``fc.N``
-of its author's two ``nn.Sequential`` attributes.
+pair of pure ``init``/``apply`` functions. The tutorial nets below are
+`sequential` nets, each next to the others in a few lines.
 """
 
 from __future__ import annotations
@@ -162,32 +160,6 @@ def _init_params(model: Model, key: jax.Array, dtype) -> Params:
     return {name: layers.init_from_unit(spec, piece) for (name, spec), piece in zip(model.layers, pieces)}
 
 
-# --- forward functions of the nets that are not a `sequential` -----------------
-# Each layer runs under a `jax.named_scope` of its param name (as in `sequential`), so XLA's op names
-# (profiles, HLO dumps) say which layer an op is for: ``jvp(conv2)/...`` in the
-# forward pass, ``transpose(jvp(conv2))/...`` in its gradient. Metadata only:
-# the compiled program is the same.
-
-def _flatten(x: jax.Array) -> jax.Array:
-    return x.reshape(x.shape[0], -1)
-
-
-def _cifar_cnn(params, x, *, train, rng, dropout):
-    for name in ("conv.0", "conv.2", "conv.4"):
-        with jax.named_scope(name):
-            x = jax.nn.relu(layers.conv2d(params[name], x))
-    with jax.named_scope("conv.6"):
-        x = layers.conv2d(params["conv.6"], x)          # no ReLU before the pool, as written
-    with jax.named_scope("conv.7"):
-        x = jnp.mean(x, axis=(1, 2))                    # AdaptiveAvgPool2d(1), then view(B, 64)
-    with jax.named_scope("fc.0"):
-        x = jax.nn.relu(layers.linear(params["fc.0"], x))
-    with jax.named_scope("fc.2"):
-        x = layers.dropout(x, dropout[0], rng, train)
-    with jax.named_scope("fc.3"):
-        return layers.linear(params["fc.3"], x)
-
-
 # --- models of one's own -------------------------------------------------------
 
 def sequential(*entries, input_shape: tuple[int, ...], name: str = "sequential") -> Model:
@@ -197,7 +169,8 @@ def sequential(*entries, input_shape: tuple[int, ...], name: str = "sequential")
     padding, ``ReLU``, ``MaxPool2d``, ``GlobalAvgPool2d``, ``Dropout``,
     ``Dropout2d``, ``Flatten``, ``LogSoftmax``) or ``(name, layer)`` pairs;
     unnamed ones are named by their index, as ``nn.Sequential`` names them, so
-    ``params["0"]`` is ``state_dict["0.weight"]``. The net gets PyTorch's
+    ``params["0"]`` is ``state_dict["0.weight"]``. A dotted name nests, as an
+    ``nn.Sequential`` attribute does: ``"conv.0"`` is layer 0 of ``conv``. The net gets PyTorch's
     default init, `param_count`, interop both ways, a PyTorch twin
     (``funcnets.torch_models.twin``: the ``nn.Sequential`` of the same
     entries) and every training entry point. It ends in log-probabilities
@@ -225,12 +198,12 @@ def sequential(*entries, input_shape: tuple[int, ...], name: str = "sequential")
         if not isinstance(spec, (layers.Linear, layers.Conv2d, *layers.Stateless.__args__)):
             raise TypeError(f"{name}: entry {index} is not a funcnets layer (funcnets.layers.Linear, Conv2d, "
                             f"ReLU, ...): {entry!r}")
-        if any(layer_name == other for other, _ in named) or not layer_name or "." in layer_name:
-            raise ValueError(f"{name}: layer name {layer_name!r} is empty, repeated or has a '.'")
+        if any(layer_name == other for other, _ in named) or "" in layer_name.split("."):
+            raise ValueError(f"{name}: layer name {layer_name!r} is empty, repeated or has an empty part")
         if isinstance(spec, layers.Linear) and len(shape) == 1 and named and isinstance(named[-1][1], layers.Flatten) \
                 and len(flattened_from) == 3:
             h, w, c = flattened_from                     # PyTorch flattened (C, H, W); funcnets (H, W, C)
-            if c > 1:
+            if c > 1 and h * w > 1:
                 spec = spec._replace(torch_input_chw=(c, h, w))
         flattened_from = shape
         try:
@@ -256,8 +229,10 @@ def sequential(*entries, input_shape: tuple[int, ...], name: str = "sequential")
 
 
 def _sequential_forward(sequence, params, x, *, train, rng, dropout):
-    """`sequential`'s forward: each layer in turn, the i-th dropout layer at rate
-    ``dropout[i]``. In training, every mask comes from one `layers.uniform_draws`
+    """`sequential`'s forward: each layer in turn, under a `jax.named_scope` of its
+    name (so XLA's op names, in profiles and HLO dumps, say which layer an op is
+    for: ``jvp(conv2)/...`` forward, ``transpose(jvp(conv2))/...`` its gradient;
+    metadata only), the i-th dropout layer at rate ``dropout[i]``. In training, every mask comes from one `layers.uniform_draws`
     of ``rng``, cut in layer order (one hash for all: faster to compile and
     run than a key split and a draw per layer)."""
     if x.ndim > 2 and isinstance(sequence[0][1], layers.Linear):   # images into a first Linear
@@ -565,15 +540,16 @@ def cifar_cnn(output_dim: int = 10, dropout: float = 0.5) -> Model:
     of ``fc.2``; ``0.0`` turns it off.
     """
     (rate,) = _rates("cifar_cnn", (dropout,), 1)
-    _size("cifar_cnn", "output_dim", output_dim)
-    return Model(
-        name="cifar_cnn",
-        layers=(("conv.0", layers.Conv2d(3, 64, 3)), ("conv.2", layers.Conv2d(64, 128, 3)),
-                ("conv.4", layers.Conv2d(128, 128, 3)), ("conv.6", layers.Conv2d(128, 64, 3)),
-                ("fc.0", layers.Linear(64, 32)), ("fc.3", layers.Linear(32, output_dim))),
-        forward=_cifar_cnn, input_shape=(32, 32, 3), num_classes=output_dim, outputs="logits",
-        dropout=(rate,), options=(("output_dim", output_dim), ("dropout", rate)),
-    )
+    net = sequential(
+        ("conv.0", layers.Conv2d(3, 64, 3)), ("conv.1", layers.ReLU()),
+        ("conv.2", layers.Conv2d(64, 128, 3)), ("conv.3", layers.ReLU()),
+        ("conv.4", layers.Conv2d(128, 128, 3)), ("conv.5", layers.ReLU()),
+        ("conv.6", layers.Conv2d(128, 64, 3)), ("conv.7", layers.GlobalAvgPool2d()),
+        ("view", layers.Flatten()),                      # x.view(B, 64)
+        ("fc.0", layers.Linear(64, 32)), ("fc.1", layers.ReLU()), ("fc.2", layers.Dropout(rate)),
+        ("fc.3", layers.Linear(32, _size("cifar_cnn", "output_dim", output_dim))),
+        input_shape=(32, 32, 3), name="cifar_cnn")
+    return dataclasses.replace(net, options=(("output_dim", output_dim), ("dropout", rate)))
 
 
 def _size(name: str, argument: str, value) -> int:

@@ -146,10 +146,32 @@ def twin(model) -> nn.Module:
     if model.name in _BUILDERS and model.options:   # a tutorial net: its tutorial's class
         return build(model.name, **dict(model.options))
     if model.sequence is not None:
-        return nn.Sequential(OrderedDict((name, _module(spec)) for name, spec in model.sequence))
+        return _sequential_module(model.sequence)
     if model.init_fn is not None:
         raise ValueError(f"{model.name} is a model of one's own (from_flax/from_functions): it has no PyTorch twin")
     return build(model.name, **dict(model.options))
+
+
+def _sequential_module(entries) -> nn.Sequential:
+    """``nn.Sequential`` of ``(name, spec)`` entries; consecutive dotted names with one
+    prefix (``conv.0``, ``conv.1``, ...) become a nested ``nn.Sequential`` (``conv``)."""
+    children: OrderedDict[str, nn.Module] = OrderedDict()
+    i = 0
+    while i < len(entries):
+        name, spec = entries[i]
+        if "." not in name:
+            children[name] = _module(spec)
+            i += 1
+            continue
+        prefix = name.split(".", 1)[0]
+        group = []
+        while i < len(entries) and entries[i][0].split(".", 1)[0] == prefix and "." in entries[i][0]:
+            group.append((entries[i][0].split(".", 1)[1], entries[i][1]))
+            i += 1
+        if prefix in children:
+            raise ValueError(f"layer group {prefix!r} is split by other layers; keep its layers together")
+        children[prefix] = _sequential_module(group)
+    return nn.Sequential(children)
 
 
 def _module(spec) -> nn.Module:

@@ -232,3 +232,22 @@ def test_compositions_that_do_not_fit_fail_when_built():
         fn.models.sequential(L.Linear(784, 10), "relu", input_shape=(784,))
     with pytest.raises(ValueError, match="layer name 'a' is empty, repeated"):
         fn.models.sequential(("a", L.Linear(784, 10)), ("a", L.Linear(10, 10)), input_shape=(784,))
+
+
+def test_dotted_names_nest_as_sequential_attributes_do(x64):
+    """``conv.0`` is layer 0 of ``conv``: the twin nests nn.Sequential modules, as the
+    CIFAR tutorial's ``Net`` holds ``conv`` and ``fc``; its state_dict ports both ways."""
+    torch = pytest.importorskip("torch")
+    from funcnets import torch_models
+
+    model = fn.models.sequential(
+        ("conv.0", L.Conv2d(3, 4, 3)), ("conv.1", L.ReLU()), ("conv.2", L.GlobalAvgPool2d()), ("view", L.Flatten()),
+        ("fc.0", L.Linear(4, 5)), ("fc.1", L.ReLU()), ("fc.2", L.Linear(5, 3)), input_shape=(8, 8, 3), name="nested")
+    twin = torch_models.twin(model).double().eval()
+    assert list(twin.state_dict()) == ["conv.0.weight", "conv.0.bias", "fc.0.weight", "fc.0.bias",
+                                       "fc.2.weight", "fc.2.bias"]
+    assert isinstance(twin.conv, torch.nn.Sequential) and isinstance(twin.fc, torch.nn.Sequential)
+    params = fn.interop.params_from_torch(model, twin.state_dict())
+    x = np.random.default_rng(0).standard_normal((2, 8, 8, 3))
+    theirs = twin(torch.from_numpy(torch_models.nchw(x))).detach().numpy()
+    assert np.abs(np.asarray(model.apply(params, jnp.asarray(x))) - theirs).max() <= 1e-12
