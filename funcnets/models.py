@@ -191,7 +191,7 @@ def sequential(*entries, input_shape: tuple[int, ...], name: str = "sequential")
     input_shape = _input_shape(name, input_shape)
     if not entries:
         raise ValueError(f"{name}: sequential needs at least one layer")
-    named, shape, param_layers, rates = [], input_shape, [], []
+    named, shape, inputs, param_layers, rates = [], input_shape, [], [], []
     for index, entry in enumerate(entries):
         layer_name, spec = entry if isinstance(entry, tuple) and len(entry) == 2 and isinstance(entry[0], str) \
             else (str(index), entry)
@@ -200,12 +200,12 @@ def sequential(*entries, input_shape: tuple[int, ...], name: str = "sequential")
                             f"ReLU, ...): {entry!r}")
         if any(layer_name == other for other, _ in named) or "" in layer_name.split("."):
             raise ValueError(f"{name}: layer name {layer_name!r} is empty, repeated or has an empty part")
-        if isinstance(spec, layers.Linear) and len(shape) == 1 and named and isinstance(named[-1][1], layers.Flatten) \
-                and len(flattened_from) == 3:
-            h, w, c = flattened_from                     # PyTorch flattened (C, H, W); funcnets (H, W, C)
+        if isinstance(spec, layers.Linear) and named and isinstance(named[-1][1], layers.Flatten) \
+                and len(inputs[-1]) == 3:
+            h, w, c = inputs[-1]                         # PyTorch flattened (C, H, W); funcnets (H, W, C)
             if c > 1 and h * w > 1:
                 spec = spec._replace(torch_input_chw=(c, h, w))
-        flattened_from = shape
+        inputs.append(shape)
         try:
             shape = layers.output_shape(spec, shape)
         except ValueError as error:
@@ -223,9 +223,20 @@ def sequential(*entries, input_shape: tuple[int, ...], name: str = "sequential")
     _rates(name, rates, len(rates))
     outputs = "log_probs" if isinstance(named[-1][1], layers.LogSoftmax) else "logits"
     sequence = tuple(named)
-    return Model(name=name, layers=tuple(param_layers), forward=functools.partial(_sequential_forward, sequence),
+    return Model(name=name, layers=tuple(param_layers), forward=_SequentialForward(sequence),
                  input_shape=input_shape, num_classes=shape[0], outputs=outputs, dropout=tuple(rates),
                  sequence=sequence)
+
+
+@dataclasses.dataclass(frozen=True)
+class _SequentialForward:
+    """`sequential`'s forward as a value: nets of equal entries are equal models, so
+    jitted steps and inits compiled for one serve the other."""
+
+    sequence: tuple[tuple[str, Any], ...]
+
+    def __call__(self, params, x, *, train, rng, dropout):
+        return _sequential_forward(self.sequence, params, x, train=train, rng=rng, dropout=dropout)
 
 
 def _sequential_forward(sequence, params, x, *, train, rng, dropout):

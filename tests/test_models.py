@@ -43,6 +43,16 @@ def test_tutorial_nets_take_their_tutorials_arguments(name, options, count, x64)
     assert np.abs(np.asarray(model.apply(params, jnp.asarray(x))) - theirs).max() <= 1e-12
 
 
+@pytest.mark.parametrize("name", fn.models.names())
+def test_equal_nets_are_equal_models(name):
+    """Models are static data of the jitted steps: two builds of one net must be equal
+    (and hash alike), or every build would compile its steps and init again."""
+    assert fn.models.get(name) == fn.models.get(name) and hash(fn.models.get(name)) == hash(fn.models.get(name))
+    L = fn.layers
+    build = lambda: fn.models.sequential(L.Flatten(), L.Linear(784, 10), input_shape=(28, 28, 1))  # noqa: E731
+    assert build() == build()
+
+
 def test_bad_tutorial_arguments_are_clear_errors():
     with pytest.raises(ValueError, match="mnist_mlp: n_hidden must be a positive integer, got 0"):
         fn.models.get("mnist_mlp", n_hidden=0)
