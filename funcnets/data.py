@@ -151,7 +151,7 @@ def load(name: str, split: str = "train", *, data_dir: str | os.PathLike | None 
     sources.append(("tfds", None))
     downloads = _download.dataset_dir(name, None if cache_dir is None else pathlib.Path(cache_dir) / "data")
     sources += [("files", pathlib.Path(d)) for d in spec.known_dirs] + [("files", downloads)]
-    if download:
+    if download and not _download.offline():
         sources.append(("download", downloads))
 
     folder_cache = None if cache_dir is None else pathlib.Path(cache_dir) / "image_folders"
@@ -170,6 +170,8 @@ def load(name: str, split: str = "train", *, data_dir: str | os.PathLike | None 
             continue
         return _dataset(name, split, images, labels, source, shard)
 
+    if download and _download.offline():
+        attempts.append(f"download of {name}: off (FUNCNETS_OFFLINE is set)")
     tried = "\n".join(f"  - {a}" for a in attempts)
     raise DatasetNotFoundError(f"dataset {name!r} ({split} split) was not found. Tried:\n{tried}\n"
                                f"To get it: {spec.how_to_get}.")

@@ -7,7 +7,8 @@ is fetched from the first mirror that answers into ``<cache>/<name>/`` (default
 published one. A file that fails the check is deleted and reported
 (`DownloadError`, naming the file, the URL and both checksums); an interrupted
 download leaves only a ``.partial`` file, which nothing reads. So a file under
-its real name in the cache is always one that passed.
+its real name in the cache is always one that passed. ``FUNCNETS_OFFLINE=1``
+turns downloads off (`offline`).
 
 =================  ==========================================  ===========================
 data set           files                                       MD5 of
@@ -69,6 +70,12 @@ class DownloadError(OSError):
 
 class Unreachable(DownloadError):
     """No mirror of a file answered (e.g. no network)."""
+
+
+def offline() -> bool:
+    """Whether downloads are off: ``FUNCNETS_OFFLINE`` set to anything but ``0``
+    (the test suite sets it, so no test reaches for the network)."""
+    return os.environ.get("FUNCNETS_OFFLINE", "0") not in ("", "0")
 
 
 def default_cache_dir() -> pathlib.Path:

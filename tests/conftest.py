@@ -1,7 +1,8 @@
 """Shared test setup: strict rank promotion (silent broadcasting fails loudly),
 full float32 matmul precision, PyTorch pinned to one thread (its float32 results
-depend on the thread count), and the scripts' compilation cache in a folder of
-the session.
+depend on the thread count), the scripts' caches in a folder of the session,
+and downloads off (``FUNCNETS_OFFLINE=1``; the downloader's tests serve their
+files from 127.0.0.1 and turn it back on).
 
 On recent NVIDIA GPUs both frameworks would otherwise use TF32 (10-bit
 mantissa) for some float32 products: JAX for every matmul and convolution by
@@ -34,6 +35,7 @@ def private_caches(tmp_path_factory):
     in a folder of this session, not the user's."""
     os.environ.pop("JAX_COMPILATION_CACHE_DIR", None)
     os.environ["XDG_CACHE_HOME"] = str(tmp_path_factory.mktemp("cache"))
+    os.environ["FUNCNETS_OFFLINE"] = "1"   # tests never download (the downloader's own tests serve 127.0.0.1)
 
 
 @pytest.fixture

@@ -181,9 +181,11 @@ class _Files(http.server.BaseHTTPRequestHandler):
 
 
 @pytest.fixture
-def serve():
+def serve(monkeypatch):
     """``serve(files, truncate=None) -> base URL``: an HTTP server on 127.0.0.1
-    serving ``{name: bytes}`` (a truncated body when ``truncate`` is set)."""
+    serving ``{name: bytes}`` (a truncated body when ``truncate`` is set); downloads
+    on for the test (the suite turns them off)."""
+    monkeypatch.delenv("FUNCNETS_OFFLINE", raising=False)
     servers = []
 
     def start(files, truncate=None):
@@ -268,8 +270,12 @@ def test_cifar10_python_archive_downloads_unpacks_and_loads(tmp_path, serve, mon
 
 
 def test_offline_download_is_one_clear_error_fast(tmp_path, monkeypatch):
+    monkeypatch.delenv("FUNCNETS_OFFLINE", raising=False)
     monkeypatch.setitem(download.MIRRORS, "mnist", ("http://127.0.0.1:9/",))   # the discard port: refused
     with pytest.raises(data.DatasetNotFoundError, match="download of mnist: .*no mirror answered"):
+        data.load("mnist", "train", cache_dir=tmp_path)
+    monkeypatch.setenv("FUNCNETS_OFFLINE", "1")
+    with pytest.raises(data.DatasetNotFoundError, match=r"download of mnist: off \(FUNCNETS_OFFLINE is set\)"):
         data.load("mnist", "train", cache_dir=tmp_path)
 
 
