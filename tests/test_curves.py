@@ -36,10 +36,14 @@ def _golden(name):
     return json.loads((GOLDEN_DIR / f"{name}.json").read_text())
 
 
+SLOW_MODELS = {"cifar_cnn"}   # ~100 ms a step on 2 cores: its curves run with the slow tests (CI runs both)
+
+
 def _cases():
     for name in PER_STEP_TOLERANCE:
         for index, case in enumerate(_golden(name)["cases"]):
-            yield pytest.param(name, index, id=f"{name}-{case['label']}")
+            marks = [pytest.mark.slow] if name in SLOW_MODELS else []
+            yield pytest.param(name, index, id=f"{name}-{case['label']}", marks=marks)
 
 
 def _run(name, case, steps):
