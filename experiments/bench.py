@@ -4,6 +4,7 @@
     python -m experiments.bench --models mnist_cnn --repeats 5 --cnn-window 60
     python -m experiments.bench --models mnist_cnn --system-malloc   # glibc's malloc defaults for all
     python -m experiments.bench --device gpu          # on a GPU, both frameworks (the default where both see one)
+    python -m experiments.bench --end-to-end          # whole scripts, Enter to result (experiments.end_to_end)
 
 For each model at its tutorial batch size (MLP 64, MNIST CNN 64, Mastering CNN 32, CIFAR CNN 16,
 SimpleNet 64), on random data of the real shapes (60,000 28x28x1 images, or
@@ -511,7 +512,14 @@ def markdown(results: list[dict], peak: dict, environment: dict) -> str:
 
 
 def main(argv: list[str] | None = None) -> pathlib.Path:
-    p = argparse.ArgumentParser(prog="python -m experiments.bench", description=__doc__.splitlines()[0])
+    argv = sys.argv[1:] if argv is None else argv
+    if "--end-to-end" in argv:   # whole scripts, Enter to result: experiments.end_to_end takes the other flags
+        from experiments import end_to_end
+
+        return end_to_end.main([a for a in argv if a != "--end-to-end"])
+    p = argparse.ArgumentParser(prog="python -m experiments.bench", description=__doc__.splitlines()[0],
+                                epilog="--end-to-end: time each experiment script as a whole process instead "
+                                       "(python -m experiments.end_to_end --help for its flags)")
     p.add_argument("--models", nargs="+", choices=list(CASES), default=list(CASES))
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--cnn-window", type=int, default=None,
@@ -591,7 +599,7 @@ def main(argv: list[str] | None = None) -> pathlib.Path:
     (out / "bench.md").write_text(table)
     (out / "bench.json").write_text(json.dumps({"gemm_peak": peak, "results": results, "environment": env,
                                                 "command": " ".join(["python", "-m", "experiments.bench",
-                                                                     *(argv if argv is not None else sys.argv[1:])])},
+                                                                     *argv])},
                                                indent=2) + "\n")
     print(table + f"\nTable: {out / 'bench.md'}")
     return out

@@ -90,6 +90,7 @@ def parse(argv):
     p.add_argument("--out", default=None, help="report folder (default: reports/optimizers-<model>-<dataset>)")
     args = p.parse_args(argv)
     args.float64 = False
+    args.train_examples = None
     args.command = common.command_line("experiments.optimizers", argv)
     if args.dry_run:
         args.epochs = 1

@@ -1,14 +1,17 @@
-"""Figures from metrics records (`funcnets.fit.read_metrics`), drawn with matplotlib (Agg)."""
+"""Figures from metrics records (`funcnets.fit.read_metrics`), drawn with matplotlib.
+
+Figures are ``matplotlib.figure.Figure`` objects rendered by the Agg canvas, not
+pyplot: nothing here changes matplotlib's global backend or figure registry.
+matplotlib is imported when the first figure is drawn (`preload` imports it
+in a background thread, so a training run need not wait for it at the end).
+"""
 
 from __future__ import annotations
 
 import pathlib
+import threading
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
+import numpy as np
 
 COLORS = {"jax": "tab:blue", "torch": "tab:orange"}
 LABELS = {"jax": "funcnets (JAX)", "torch": "PyTorch"}
@@ -29,18 +32,36 @@ def _smooth(values: np.ndarray, width: int) -> np.ndarray:
     return np.convolve(values, np.ones(width) / width, mode="valid")
 
 
+def preload() -> threading.Thread:
+    """Import matplotlib's figure and Agg canvas in a daemon thread (started; returned)."""
+    thread = threading.Thread(target=_figure_class, name="funcnets-plots-preload", daemon=True)
+    thread.start()
+    return thread
+
+
+def _figure_class():
+    from matplotlib.backends.backend_agg import FigureCanvasAgg  # noqa: F401 (Figure.savefig uses it)
+    from matplotlib.figure import Figure
+
+    return Figure
+
+
+def _subplots(*args, **kwargs):
+    figure = _figure_class()(figsize=kwargs.pop("figsize"))
+    return figure, figure.subplots(*args, **kwargs)
+
+
 def _save(figure, path: pathlib.Path) -> pathlib.Path:
     path = pathlib.Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     figure.tight_layout()
     figure.savefig(path, dpi=110)
-    plt.close(figure)
     return path
 
 
 def _panels(runs: dict[str, list[dict]], title: str):
     """Per-step loss, per-epoch train/test loss, and accuracy for each run."""
-    figure, (per_step, per_epoch, accuracy) = plt.subplots(1, 3, figsize=(15, 4.2))
+    figure, (per_step, per_epoch, accuracy) = _subplots(1, 3, figsize=(15, 4.2))
     for name, records in runs.items():
         color, label = COLORS.get(name), LABELS.get(name, name)
         width_line = 2.6 if name == "jax" else 1.2  # drawn under PyTorch's, so both show where they agree
@@ -82,7 +103,7 @@ def plot_difference(jax_losses: np.ndarray, torch_losses: np.ndarray, path, *, t
     steps = min(len(jax_losses), len(torch_losses))
     difference = jax_losses[:steps] - torch_losses[:steps]
     x = np.arange(1, steps + 1)
-    figure, (signed, size) = plt.subplots(1, 2, figsize=(12, 4))
+    figure, (signed, size) = _subplots(1, 2, figsize=(12, 4))
     signed.plot(x, difference, linewidth=0.6, color="tab:purple")
     signed.axhline(0, color="black", linewidth=0.5)
     signed.set(title="loss(JAX) - loss(PyTorch), per step", xlabel="step")
@@ -96,7 +117,7 @@ def plot_difference(jax_losses: np.ndarray, torch_losses: np.ndarray, path, *, t
 
 def plot_optimizer_curves(curves: dict[str, np.ndarray], path, *, title: str) -> pathlib.Path:
     """Several runs' per-step losses (smoothed) in one plot."""
-    figure, axes = plt.subplots(figsize=(8, 5))
+    figure, axes = _subplots(figsize=(8, 5))
     for label, losses in curves.items():
         width = max(1, len(losses) // 100)
         smooth = _smooth(np.asarray(losses), width)
@@ -114,7 +135,7 @@ def plot_trajectories(objective, trajectories: dict[str, np.ndarray], path, *, t
     pad_x, pad_y = 0.15 * (x_hi - x_lo) + 0.1, 0.15 * (y_hi - y_lo) + 0.1
     grid_x, grid_y = np.meshgrid(np.linspace(x_lo - pad_x, x_hi + pad_x, 300),
                                  np.linspace(y_lo - pad_y, y_hi + pad_y, 300))
-    figure, axes = plt.subplots(figsize=(8, 5.5))
+    figure, axes = _subplots(figsize=(8, 5.5))
     axes.contour(grid_x, grid_y, objective(grid_x, grid_y), levels=25, cmap="Greys", linewidths=0.6)
     for label, path_xy in trajectories.items():
         axes.plot(path_xy[:, 0], path_xy[:, 1], "o-", markersize=2.5, linewidth=1, label=label)

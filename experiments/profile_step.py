@@ -234,10 +234,10 @@ def profile_funcnets(name: str, *, steps: int, warmup: int) -> dict:
     y = jnp.asarray(rng.integers(0, 10, examples).astype(np.int32))
     order = epoch_order(examples, jax.random.key(1)).reshape(-1, batch)
     holder = {"state": fn.create_train_state(model, fn.optim.create(optimizer, lr=lr), jax.random.key(0))}
-    # As run_steps runs it (malloc set up, compiler options chosen); then the same
+    # As run_steps runs it (compiler options chosen; malloc set up below, as the scripts do); then the same
     # program compiled again, to read its HLO and run it.
     holder["state"], _ = _indexed_step(holder["state"], x, y, order[0])
-    step = _indexed_step._jitted(compiler_options(model)).lower(holder["state"], x, y, order[0]).compile()
+    step = _indexed_step.jitted(compiler_options(model)).lower(holder["state"], x, y, order[0]).compile()
     hlo = step.as_text()
     ops, module = hlo_ops(hlo), re.match(r"HloModule (\S+?),", hlo).group(1)
 
@@ -371,8 +371,9 @@ def main(argv: list[str] | None = None) -> dict:
     result_json = out / f"{args.model}{'-one-thread' if args.one_thread else ''}.json"
     if args.one_thread:
         _one_thread_setup()
-    from experiments.tutorial import environment
+    from experiments.tutorial import environment, set_up_host_memory
 
+    set_up_host_memory()   # as the scripts run: freed blocks reused on the CPU
     profiles = [profile_funcnets(args.model, steps=args.steps, warmup=args.warmup)]
     if args.torch:
         profiles.append(profile_torch(args.model, steps=args.steps, warmup=args.warmup,

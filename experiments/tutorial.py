@@ -47,6 +47,9 @@ from funcnets.training import epoch_order
 FRAMEWORKS = ("jax", "torch")
 MNIST_LIKE = ("mnist", "fashion_mnist", "digits")
 DRY_RUN_BATCHES = 3
+CHECKPOINT_SECONDS = 30   # a crash or kill loses at most this much training (and any partial epoch's end)
+BARRIER_TIMEOUT_S = 20    # a checkpoint save waits at most this long for the other processes
+LOST_PROCESS_STATUS = 3   # the exit status of a process whose peer was lost
 
 
 @dataclasses.dataclass(frozen=True)
@@ -122,6 +125,8 @@ def parser(tutorial: Tutorial, *, prog: str | None = None, description: str | No
                    help="StepLR: multiply the lr by this after every epoch, as pytorch/examples "
                         f"does with 0.7 (default: {tutorial.gamma or 'constant lr'})")
     p.add_argument("--seed", type=int, default=1, help="random seed: init, data order, dropout (default: 1)")
+    p.add_argument("--train-examples", type=positive(int), default=None, metavar="N",
+                   help="train on the first N training images only (quick checks, timing; default: all)")
     p.add_argument("--dry-run", action="store_true",
                    help=f"quickly check a run: {DRY_RUN_BATCHES} batches per epoch, at most 2 epochs, "
                         "one test batch")
@@ -135,6 +140,9 @@ def parser(tutorial: Tutorial, *, prog: str | None = None, description: str | No
     p.add_argument("--checkpoint-dir", default=None,
                    help="where checkpoints go (default: checkpoints/<experiment>-<framework>-<dataset>-seed<seed>)")
     p.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in --checkpoint-dir")
+    p.add_argument("--save-every-steps", type=positive(int), default=None, metavar="STEPS",
+                   help=f"(JAX) also checkpoint every STEPS steps (default: at each epoch's end and every "
+                        f"{CHECKPOINT_SECONDS} s of training)")
     p.add_argument("--metrics-out", default=None,
                    help="metrics file, JSON lines (default: <checkpoint-dir>/metrics.jsonl)")
     p.add_argument("--float64", action="store_true", help="train in float64 (both frameworks)")
@@ -275,9 +283,11 @@ def load_data(tutorial: Tutorial, args, log: Callable[[str], None] = print) -> R
     info = train.info
     if tutorial.normalization is not None:   # the tutorial's own constants (one value: every channel)
         info = info._replace(mean=tutorial.normalization[0], std=tutorial.normalization[1])
-    x_train = fn.data.normalize(train.images, info).astype(dtype)
-    x_test = fn.data.normalize(test.images, info).astype(dtype)
+    x_train = fn.data.normalize(train.images, info).astype(dtype, copy=False)
+    x_test = fn.data.normalize(test.images, info).astype(dtype, copy=False)
     y_train, y_test = train.labels, test.labels
+    if args.train_examples is not None:
+        x_train, y_train = x_train[:args.train_examples], y_train[:args.train_examples]
     if args.dry_run:
         x_train, y_train = x_train[: DRY_RUN_BATCHES * args.batch_size], y_train[: DRY_RUN_BATCHES * args.batch_size]
         x_test, y_test = x_test[: args.test_batch_size], y_test[: args.test_batch_size]
@@ -330,7 +340,8 @@ _CACHE_EVENTS = {"/jax/compilation_cache/cache_hits": "hit", "/jax/compilation_c
 def compile_cache(directory: str) -> Iterator[collections.Counter]:
     """JAX's persistent compilation cache in ``directory`` for the ``with`` block
     (``'off'``: none); yields the counts of programs it ``hit`` (loaded) and
-    ``missed`` (compiled, and saved when they took over half a second).
+    ``missed`` (compiled, and saved: every program, however quick to compile, since
+    a run compiles dozens of small ones and loading beats compiling each).
 
     On 2 CPU cores a CNN's first step drops from ~3.5 s (compiling) to ~0.8 s
     (loading). The directory is trusted code: keep it private, as JAX warns.
@@ -349,7 +360,7 @@ def compile_cache(directory: str) -> Iterator[collections.Counter]:
 
     saved = (jax.config.jax_compilation_cache_dir, jax.config.jax_persistent_cache_min_compile_time_secs)
     jax_cache.set_cache_dir(directory)
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
     jax_cache.reset_cache()  # takes effect even after this process has compiled
     jax.monitoring.register_event_listener(count)
     try:
@@ -397,19 +408,38 @@ def run_jax(tutorial: Tutorial, args, data: RunData, metrics_path: pathlib.Path,
     train = (data.train_images, data.train_labels)
     test = (data.test_images, data.test_labels)
     if checkpoint_dir is None:
-        state, history = fn.fit(state, train, test, **fit_args)
+        try:
+            state, history = fn.fit(state, train, test, **fit_args)
+        except fn.parallel.PeerLostError as error:
+            stop_after_lost_process(error, args)
     else:
         config = {"experiment": tutorial.name, "dataset": data.dataset, "seed": args.seed,
                   "batch_size": args.batch_size, "optimizer": args.optimizer, "lr": args.lr, "gamma": args.gamma}
-        with fn.checkpoint.Checkpointer(checkpoint_dir, save_every_steps=500, save_every_epoch=True,
-                                        config=config) as checkpointer:
-            state, history = fn.fit(state, train, test, checkpointer=checkpointer, resume=args.resume,
-                                    **fit_args)
+        with fn.checkpoint.Checkpointer(checkpoint_dir, save_every_steps=args.save_every_steps,
+                                        save_every_seconds=CHECKPOINT_SECONDS, save_every_epoch=True,
+                                        config=config, barrier_timeout_s=BARRIER_TIMEOUT_S) as checkpointer:
+            try:
+                state, history = fn.fit(state, train, test, checkpointer=checkpointer, resume=args.resume,
+                                        **fit_args)
+            except fn.parallel.PeerLostError as error:
+                stop_after_lost_process(error, args)   # before the checkpointer waits on the lost process
     if tutorial.test_dropout and history and lead:
         entry = dropout_on_test(state, data, args.test_batch_size, jax.random.key(args.seed), history[-1])
         MetricsLog(metrics_path, resume_step=history[-1]["step"]).write(entry)
         log(dropout_line(entry))
     return history
+
+
+def stop_after_lost_process(error: Exception, args) -> None:
+    """Another process of the run is gone: say what was lost, the last complete
+    checkpoint and the command that resumes, then end this process at once with
+    status `LOST_PROCESS_STATUS` (``os._exit``: JAX's and Orbax's exit handlers
+    would wait for the lost process)."""
+    command = args.command if "--resume" in args.command.split() else f"{args.command} --resume"
+    print(f"error: {error}\nTo resume, start every process again (same variables) with:\n  {command}",
+          file=sys.stderr, flush=True)
+    sys.stdout.flush()
+    os._exit(LOST_PROCESS_STATUS)
 
 
 def dropout_on_test(state, data: RunData, batch_size: int, key, last_epoch: dict) -> dict:
@@ -450,12 +480,26 @@ def run_torch(tutorial: Tutorial, args, data: RunData, metrics_path: pathlib.Pat
                                orders=epoch_orders(len(data.train_labels), args.seed, args.epochs), log=log)
 
 
+def set_up_host_memory() -> str | None:
+    """On the CPU, `funcnets.host_memory.reuse_freed_blocks` for this process (a
+    process-wide ``malloc`` setting the script makes, and says so); None elsewhere."""
+    import jax
+
+    if jax.default_backend() != "cpu":
+        return None
+    setting = fn.host_memory.reuse_freed_blocks()
+    if is_lead_process():
+        print(f"Host memory: {setting} (funcnets.host_memory; {fn.host_memory.OPT_OUT}=system leaves it alone)")
+    return setting
+
+
 def run(tutorial: Tutorial, args, data: RunData, metrics_path: pathlib.Path, **kwargs) -> dict | None:
     """Train under ``args.framework`` (`run_jax` inside `compile_cache`, or
     `run_torch`); what the compilation cache did (None: PyTorch, or cache off)."""
     if args.framework == "torch":
         run_torch(tutorial, args, data, metrics_path, **kwargs)
         return None
+    set_up_host_memory()
     with compile_cache(args.compile_cache) as cached:
         run_jax(tutorial, args, data, metrics_path, **kwargs)
     if args.compile_cache == "off":
@@ -544,6 +588,7 @@ def main(tutorial: Tutorial, argv: list[str] | None = None) -> dict:
     args = p.parse_args(argv)
     args.command = command_line(f"experiments.{tutorial.name}", argv)
     check_args(tutorial, args, p)
+    plots.preload()   # matplotlib imports in the background while the data loads and the steps run
     if args.data_parallel:
         fn.parallel.initialize()  # before anything touches a device
     try:

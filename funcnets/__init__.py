@@ -11,7 +11,7 @@ Modules: `models` (the nets), `layers` (their pieces and init), `losses`, `data`
 `torch_models` (the PyTorch twins; needs torch).
 """
 
-from funcnets import (checkpoint, data, download, host_memory, imagefolder, interop, layers, losses, models, optim,
+from funcnets import (checkpoint, cpu, data, download, host_memory, imagefolder, interop, layers, losses, models, optim,
                       parallel)
 from funcnets.fit import NonFiniteLossError, fit
 from funcnets.training import (TrainState, create_train_state, eval_step, evaluate, make_eval_step,
@@ -20,7 +20,7 @@ from funcnets.training import (TrainState, create_train_state, eval_step, evalua
 __version__ = "0.1.0"
 
 __all__ = [
-    "NonFiniteLossError", "TrainState", "checkpoint", "create_train_state", "fit", "data", "download", "eval_step",
+    "NonFiniteLossError", "TrainState", "checkpoint", "cpu", "create_train_state", "fit", "data", "download", "eval_step",
     "evaluate", "host_memory", "imagefolder", "interop", "layers",
     "losses", "make_eval_step", "make_train_step", "models", "optim", "parallel", "train_epoch", "train_step",
 ]

@@ -19,14 +19,23 @@ from __future__ import annotations
 
 import os
 import pathlib
+import time
 import warnings
 from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
-import orbax.checkpoint as ocp
+import numpy as np
 
 from funcnets.training import TrainState
+
+
+def _orbax():
+    """``orbax.checkpoint``, imported on first use: it takes about a second to
+    import, and a run that never checkpoints should not wait for it."""
+    import orbax.checkpoint as ocp
+
+    return ocp
 
 DEFAULT_ROOT = pathlib.Path("checkpoints")
 
@@ -73,22 +82,40 @@ def _snapshot(state: TrainState) -> dict[str, Any]:
 
 
 class Checkpointer:
-    """Saves every ``save_every_steps`` optimizer steps and/or at every epoch's end,
-    keeps the last ``max_to_keep``; ``config`` (JSON-able) is saved with each."""
+    """Saves every ``save_every_steps`` optimizer steps, every ``save_every_seconds``
+    seconds and/or at every epoch's end (whichever come first), keeps the last
+    ``max_to_keep``; ``config`` (JSON-able) is saved with each.
+
+    In a multi-process run every process calls the same methods at the same
+    steps (`funcnets.fit` does); Orbax writes each process's part, process 0
+    the shared metadata, and publishes the step only when all are written.
+    ``barrier_timeout_s`` bounds how long a save waits for the other processes
+    at Orbax's barriers (default: Orbax's, 1200 s); a lost process then fails
+    the save instead of hanging it."""
 
     def __init__(self, directory: str | os.PathLike, *, save_every_steps: int | None = None,
-                 save_every_epoch: bool = True, max_to_keep: int = 3, config: dict | None = None):
+                 save_every_seconds: float | None = None, save_every_epoch: bool = True,
+                 max_to_keep: int = 3, config: dict | None = None, barrier_timeout_s: int | None = None):
         if save_every_steps is not None and (not isinstance(save_every_steps, int) or save_every_steps < 1):
             raise ValueError(f"save_every_steps must be a positive integer or None, got {save_every_steps!r}")
+        if save_every_seconds is not None and not (isinstance(save_every_seconds, (int, float))
+                                                   and save_every_seconds > 0):
+            raise ValueError(f"save_every_seconds must be a positive number or None, got {save_every_seconds!r}")
+        if barrier_timeout_s is not None and not (isinstance(barrier_timeout_s, int) and barrier_timeout_s > 0):
+            raise ValueError(f"barrier_timeout_s must be a positive integer or None, got {barrier_timeout_s!r}")
         if not isinstance(max_to_keep, int) or max_to_keep < 1:
             raise ValueError(f"max_to_keep must be a positive integer, got {max_to_keep!r}")
         self.directory = pathlib.Path(directory).absolute()
         self.save_every_steps = save_every_steps
+        self.save_every_seconds = save_every_seconds
         self.save_every_epoch = save_every_epoch
         self.config = dict(config or {})
         self._last_saved_step: int | None = None
-        options = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True,
-                                               enable_async_checkpointing=True)
+        self._last_saved_time = time.monotonic()
+        ocp = _orbax()
+        async_options = None if barrier_timeout_s is None else ocp.AsyncOptions(timeout_secs=int(barrier_timeout_s))
+        options = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True, enable_async_checkpointing=True,
+                                               async_options=async_options)
         self._manager = ocp.CheckpointManager(self.directory, options=options)
 
     def __enter__(self) -> Checkpointer:
@@ -98,16 +125,28 @@ class Checkpointer:
         self.close()
 
     def due(self, step: int, *, end_of_epoch: bool = False) -> bool:
-        """Whether a save is due at ``step``: an epoch ended (if saving per epoch), or
-        ``save_every_steps`` steps passed since the last save."""
+        """Whether a save is due at ``step``: an epoch ended (if saving per epoch),
+        ``save_every_steps`` steps passed since the last save, or
+        ``save_every_seconds`` seconds (wall clock) since the last save or, before
+        any, since this checkpointer was made."""
         if step == self._last_saved_step:
             return False
         if end_of_epoch and self.save_every_epoch:
+            return True
+        if self.save_every_seconds is not None and self._seconds_passed():
             return True
         if self.save_every_steps is None:
             return False
         last = self._last_saved_step or 0
         return step // self.save_every_steps > last // self.save_every_steps
+
+    def _seconds_passed(self) -> bool:
+        passed = time.monotonic() - self._last_saved_time >= self.save_every_seconds
+        if jax.process_count() > 1:   # every process must save at the same step: process 0's clock decides
+            from jax.experimental import multihost_utils
+
+            passed = bool(multihost_utils.broadcast_one_to_all(np.asarray(passed)))
+        return passed
 
     def save(self, state: TrainState, progress: Progress) -> None:
         """Start an asynchronous save of ``state`` at its step (``wait`` to finish)."""
@@ -115,18 +154,30 @@ class Checkpointer:
         meta = {"progress": [int(progress.epoch), int(progress.position), float(progress.loss_sum),
                              float(progress.accuracy_sum)],
                 "config": self.config, "fingerprint": fingerprint(state)}
+        ocp = _orbax()
         self._manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(_snapshot(state)),
                                                          meta=ocp.args.JsonSave(meta)), force=True)
         self._last_saved_step = step
+        self._last_saved_time = time.monotonic()
 
     def steps(self) -> list[int]:
+        """The saved steps, oldest first (waits for nothing; a save in flight is not listed)."""
         return sorted(self._manager.all_steps(read=True))
+
+    def complete_steps(self) -> list[int]:
+        """The steps whose checkpoint folder is complete, read from the directory alone
+        (Orbax renames a step's temporary folder to the step number once every
+        process has written its part): safe to call when a save cannot finish."""
+        if not self.directory.is_dir():
+            return []
+        return sorted(int(path.name) for path in self.directory.iterdir() if path.name.isdigit() and path.is_dir())
 
     def restore_latest(self, state: TrainState) -> tuple[TrainState, Progress] | None:
         """The newest readable checkpoint restored into ``state``'s structure, with its
         `Progress`; None when there is none. Unreadable ones are skipped with a warning;
         one of another model or optimizer raises `CheckpointMismatchError`."""
         self.wait()
+        ocp = _orbax()
         abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, _arrays(state))
         expected = fingerprint(state)
         for step in reversed(self.steps()):
@@ -156,6 +207,7 @@ class Checkpointer:
                               "trying the one before", RuntimeWarning, stacklevel=2)
                 continue
             self._last_saved_step = step
+            self._last_saved_time = time.monotonic()
             restored = state.replace(
                 step=arrays["step"], params=arrays["params"], opt_state=arrays["opt_state"],
                 rng=jax.random.wrap_key_data(arrays["rng"], impl=jax.random.key_impl(state.rng)))
@@ -167,6 +219,7 @@ class Checkpointer:
         steps = self.steps()
         if not steps:
             return None
+        ocp = _orbax()
         return self._manager.restore(steps[-1], args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]["config"]
 
     def wait(self) -> None:

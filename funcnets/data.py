@@ -184,7 +184,11 @@ def normalize(images: np.ndarray, info: DatasetInfo) -> np.ndarray:
         raise TypeError(f"images must be uint8 as loaded, got {images.dtype}")
     mean = np.asarray(info.mean, np.float32)
     std = np.asarray(info.std, np.float32)
-    return (images.astype(np.float32) / np.float32(255.0) - mean) / std
+    normalized = images.astype(np.float32)   # one new array; the rest in place
+    normalized /= np.float32(255.0)
+    normalized -= mean
+    normalized /= std
+    return normalized
 
 
 # --- the pieces ---------------------------------------------------------------------

@@ -44,7 +44,7 @@ from tqdm.auto import tqdm
 from funcnets import layers
 from funcnets.checkpoint import Checkpointer, Progress
 from funcnets.optim import learning_rate_at
-from funcnets.parallel import check_batch_size
+from funcnets.parallel import PeerLostError, check_batch_size
 from funcnets.training import (TrainState, _device_split, batch_index, epoch_order, evaluate, place_state,
                                run_steps)
 
@@ -163,64 +163,109 @@ def fit(state: TrainState, train: tuple, test: tuple | None = None, *, epochs: i
     record = MetricsLog(metrics_path, resume_step=int(state.step) if resume else None).write
 
     history = []
-    for epoch in range(start.epoch, epochs):
-        epoch_start = time.perf_counter()
-        parts = batch_index(epoch_order(n, jax.random.fold_in(rng, epoch)), batch_size, drop_last)
-        resuming = epoch == start.epoch
-        position = start.position if resuming else 0
-        loss_sum = start.loss_sum if resuming else 0.0
-        accuracy_sum = start.accuracy_sum if resuming else 0.0
-        done = position
-        train_seconds = 0.0
-        bar = tqdm(total=epoch_steps, initial=position, desc=f"epoch {epoch + 1}/{epochs}",
-                   unit="step", disable=not progress, leave=False)
-        for first, rows in _chunks(parts, position, log_every):
-            chunk_start = time.perf_counter()
-            state, metrics = run_steps(state, train_images, train_labels, rows, mesh=mesh)
-            losses, accuracies = (np.asarray(m, np.float64) for m in jax.device_get(
-                (metrics["loss"], metrics["accuracy"])))
-            bad = np.flatnonzero(~np.isfinite(losses))
-            if bad.size:
-                step = int(state.step) - len(losses) + int(bad[0]) + 1
-                if checkpointer is not None:
-                    checkpointer.wait()
-                kept = f"; the last good checkpoint is step {checkpointer.steps()[-1]}" if (
-                    checkpointer is not None and checkpointer.steps()) else ""
-                raise NonFiniteLossError(f"loss became {losses[bad[0]]} at step {step} (epoch {epoch + 1}, "
-                                         f"batch {first + int(bad[0]) + 1}); training stopped{kept}")
-            done = first + len(losses)
-            loss_sum += losses.sum()
-            accuracy_sum += accuracies.sum()
-            seconds = time.perf_counter() - chunk_start
-            train_seconds += seconds
-            examples = int(np.prod(rows.shape))
-            bar.update(len(losses))
-            bar.set_postfix(loss=f"{losses.mean():.4f}", samples_per_s=f"{examples / seconds:.0f}")
+    try:
+        for epoch in range(start.epoch, epochs):
+            epoch_start = time.perf_counter()
+            # The epoch's batches as host arrays: chunks are cut on the host, and each goes
+            # to the device with its dispatch (no small device programs to slice them).
+            parts = [np.asarray(part) for part in
+                     batch_index(epoch_order(n, jax.random.fold_in(rng, epoch)), batch_size, drop_last)]
+            resuming = epoch == start.epoch
+            position = start.position if resuming else 0
+            totals = [start.loss_sum, start.accuracy_sum] if resuming else [0.0, 0.0]
+            train_seconds = 0.0
+            bar = tqdm(total=epoch_steps, initial=position, desc=f"epoch {epoch + 1}/{epochs}",
+                       unit="step", disable=not progress, leave=False)
             step = int(state.step)
-            entry = {"kind": "step", "step": step, "epoch": epoch, "loss": float(losses.mean()),
-                     "accuracy": float(accuracies.mean()), "lr": _logged_lr(learning_rate, step - 1),
-                     "seconds": seconds}
-            if step_losses:
-                entry["losses"] = losses.tolist()
+            pending = None   # the chunk dispatched last, whose metrics are not read yet
+            chunk_start = time.perf_counter()
+            for first, rows in _chunks(parts, position, log_every):
+                state, metrics = run_steps(state, train_images, train_labels, rows, mesh=mesh)
+                step += rows.shape[0]
+                done = first + rows.shape[0]
+                if pending is not None:   # read the previous chunk while this one runs
+                    chunk_start = _report_chunk(pending, chunk_start, epoch, totals, bar, record, learning_rate,
+                                                step_losses, checkpointer)
+                pending = (first, rows, metrics, step)
+                if checkpointer is not None and done < epoch_steps and checkpointer.due(step):
+                    # Read this chunk before saving it, so that a NaN is never checkpointed.
+                    chunk_start = _report_chunk(pending, chunk_start, epoch, totals, bar, record, learning_rate,
+                                                step_losses, checkpointer)
+                    pending = None
+                    checkpointer.save(state, Progress(epoch, done, *totals))
+            if pending is not None:
+                chunk_start = _report_chunk(pending, chunk_start, epoch, totals, bar, record, learning_rate,
+                                            step_losses, checkpointer)
+            train_seconds = chunk_start - epoch_start
+            bar.close()
+            entry = {"kind": "epoch", "step": step, "epoch": epoch,
+                     "loss": totals[0] / epoch_steps, "accuracy": totals[1] / epoch_steps}
+            if test is not None:
+                scores = evaluate(state, test_images, test_labels, batch_size=test_batch_size, mesh=mesh)
+                entry.update(test_loss=scores["loss"], test_accuracy=scores["accuracy"])
+            entry.update(lr=_logged_lr(learning_rate, step - 1), seconds=time.perf_counter() - epoch_start,
+                         train_seconds=train_seconds)
             record(entry)
-            if checkpointer is not None and done < epoch_steps and checkpointer.due(step):
-                checkpointer.save(state, Progress(epoch, done, loss_sum, accuracy_sum))
-        bar.close()
-        entry = {"kind": "epoch", "step": int(state.step), "epoch": epoch,
-                 "loss": loss_sum / epoch_steps, "accuracy": accuracy_sum / epoch_steps}
-        if test is not None:
-            scores = evaluate(state, test_images, test_labels, batch_size=test_batch_size, mesh=mesh)
-            entry.update(test_loss=scores["loss"], test_accuracy=scores["accuracy"])
-        entry.update(lr=_logged_lr(learning_rate, int(state.step) - 1), seconds=time.perf_counter() - epoch_start,
-                     train_seconds=train_seconds)
-        record(entry)
-        history.append(entry)
-        log(epoch_line(entry, epochs))
-        if checkpointer is not None and checkpointer.due(int(state.step), end_of_epoch=True):
-            checkpointer.save(state, Progress(epoch, epoch_steps, loss_sum, accuracy_sum))
+            history.append(entry)
+            log(epoch_line(entry, epochs))
+            if checkpointer is not None and checkpointer.due(step, end_of_epoch=True):
+                checkpointer.save(state, Progress(epoch, epoch_steps, *totals))
+    except (NonFiniteLossError, KeyboardInterrupt):
+        raise
+    except Exception as error:
+        if jax.process_count() == 1:
+            raise
+        raise _peer_lost(error, checkpointer) from error
+
     if checkpointer is not None:
         checkpointer.wait()
     return state, history
+
+
+def _report_chunk(chunk, chunk_start: float, epoch: int, totals: list[float], bar, record, learning_rate,
+                  step_losses: bool, checkpointer) -> float:
+    """Wait for a chunk's metrics, check them, add them to ``totals`` (loss and accuracy
+    sums), and report them (progress bar, step record); the time they arrived.
+
+    Raises `NonFiniteLossError` naming the first step whose loss is NaN or infinite.
+    """
+    first, rows, metrics, step = chunk
+    losses, accuracies = (np.asarray(m, np.float64) for m in jax.device_get((metrics["loss"], metrics["accuracy"])))
+    bad = np.flatnonzero(~np.isfinite(losses))
+    if bad.size:
+        bad_step = step - len(losses) + int(bad[0]) + 1
+        if checkpointer is not None:
+            checkpointer.wait()
+        kept = f"; the last good checkpoint is step {checkpointer.steps()[-1]}" if (
+            checkpointer is not None and checkpointer.steps()) else ""
+        raise NonFiniteLossError(f"loss became {losses[bad[0]]} at step {bad_step} (epoch {epoch + 1}, "
+                                 f"batch {first + int(bad[0]) + 1}); training stopped{kept}")
+    totals[0] += losses.sum()
+    totals[1] += accuracies.sum()
+    now = time.perf_counter()
+    seconds = now - chunk_start
+    bar.update(len(losses))
+    bar.set_postfix(loss=f"{losses.mean():.4f}", samples_per_s=f"{rows.size / max(seconds, 1e-9):.0f}")
+    entry = {"kind": "step", "step": step, "epoch": epoch, "loss": float(losses.mean()),
+             "accuracy": float(accuracies.mean()), "lr": _logged_lr(learning_rate, step - 1), "seconds": seconds}
+    if step_losses:
+        entry["losses"] = losses.tolist()
+    record(entry)
+    return now
+
+
+def _peer_lost(error: Exception, checkpointer: Checkpointer | None) -> PeerLostError:
+    """What a failed step or evaluation means in a multi-process run: another
+    process is gone. Names the last complete checkpoint (read from its folder,
+    without waiting on saves that need the lost process)."""
+    first_line = (str(error).strip().splitlines() or [type(error).__name__])[0][:300]
+    kept = " No checkpoint was saved."
+    if checkpointer is not None:
+        steps = checkpointer.complete_steps()
+        kept = (f" The last complete checkpoint is step {steps[-1]} in {checkpointer.directory}." if steps
+                else f" No checkpoint in {checkpointer.directory} is complete.")
+    return PeerLostError(f"process {jax.process_index()} of {jax.process_count()}: a collective or barrier failed, "
+                         f"so another process is most likely gone ({type(error).__name__}: {first_line}).{kept}")
 
 
 def epoch_line(entry: dict, epochs: int) -> str:

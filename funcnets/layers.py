@@ -32,8 +32,11 @@ import math
 from typing import NamedTuple
 
 import jax
+import jax.extend.random as jax_random
 import jax.numpy as jnp
 import numpy as np
+
+from funcnets import cpu
 
 Params = dict[str, jax.Array]
 
@@ -231,157 +234,22 @@ def linear(params: Params, x: jax.Array) -> jax.Array:
 
 
 def conv2d(params: Params, x: jax.Array, stride: int = 1, padding: int = 0) -> jax.Array:
-    """``(B, H, W, Cin) -> (B, H-k+1, W-k+1, Cout)``: cross-correlation, as PyTorch::
+    """``(B, H, W, Cin) -> (B, Ho, Wo, Cout)``: cross-correlation, as PyTorch::
 
-        y[b, h, w, o] = bias[o] + sum_{i, j, c} x[b, h+i, w+j, c] * kernel[i, j, c, o]
+        y[b, h, w, o] = bias[o] + sum_{i, j, c} xp[b, s*h + i, s*w + j, c] * kernel[i, j, c, o]
 
-    With a ``stride`` or zero ``padding`` (on each side), XLA's convolution
-    with those, plus the bias; the shapes below are for stride 1, no padding.
+    with ``xp`` the input zero-padded by ``padding`` on each side, ``s`` the
+    ``stride``, ``Ho = (H + 2*padding - kh) // s + 1`` (and ``Wo`` alike).
 
-    Two shapes leave XLA's convolution:
-
-    - one input channel (``mnist_cnn``'s conv1, ``mastering_cnn``'s cn1):
-      `single_channel_conv2d`, the ``kh*kw`` shifted windows' weighted sum;
-    - an output smaller than the kernel in both spatial dims (e.g. a 3x3
-      kernel on a 4x4 map, 2x2 out): one matmul over its `patches` (im2col).
-      For that shape XLA:CPU computes the input gradient as a convolution
-      with the operands swapped, batch last, which took 2.5 ms of a 19 ms
-      step of the earlier reconstruction of ``cifar_cnn`` (max-pools between
-      its convs); the matmul's gradients are matmuls.
-
-    Otherwise the bias is added by `add_bias`.
+    XLA's ``conv_general_dilated`` plus the bias; on the CPU, stride 1 without
+    padding takes `funcnets.cpu.conv2d` (the same maths, faster there).
     """
-    kernel = params["kernel"]
-    kh, kw, in_channels, out_channels = kernel.shape
-    if stride != 1 or padding != 0:
-        y = jax.lax.conv_general_dilated(x, kernel, window_strides=(stride, stride),
-                                         padding=((padding, padding), (padding, padding)),
-                                         dimension_numbers=("NHWC", "HWIO", "NHWC"))
-        return add_bias(y, params["bias"])
-    if in_channels == 1:
-        return single_channel_conv2d(x, kernel, params["bias"])
-    if x.shape[1] - kh + 1 < kh and x.shape[2] - kw + 1 < kw:
-        y = patches(x, kh, kw) @ kernel.reshape(kh * kw * in_channels, out_channels)
-    else:
-        y = _xla_conv2d(x, kernel)
-    return add_bias(y, params["bias"])
-
-
-def _xla_conv2d(x: jax.Array, kernel: jax.Array) -> jax.Array:
-    return jax.lax.conv_general_dilated(x, kernel, window_strides=(1, 1), padding="VALID",
-                                        dimension_numbers=("NHWC", "HWIO", "NHWC"))
-
-
-@jax.custom_vjp
-def single_channel_conv2d(x: jax.Array, kernel: jax.Array, bias: jax.Array) -> jax.Array:
-    """`conv2d` of a one-channel input, ``(B, H, W, 1) -> (B, Ho, Wo, Cout)``, as
-    the weighted sum of its ``kh*kw`` shifted windows ``x_ij = x[:, i:i+Ho, j:j+Wo, :]``::
-
-        y = bias + sum_{i, j} x_ij * kernel[i, j, 0]          (broadcast over Cout)
-
-    one elementwise pass that XLA fuses with the ReLU after it. Gradients, for
-    an output gradient ``g`` flattened to ``G (B*Ho*Wo, Cout)``::
-
-        [kernel; bias] grad = [X; 1] @ G      X: (kh*kw, B*Ho*Wo), row i*kw+j = x_ij
-
-    one matmul for both (the last row of ones sums ``g`` for the bias,
-    accumulated in at least float32); the input's gradient is XLA's, and is
-    not computed when nothing needs it (a net's first layer).
-
-    Why: XLA:CPU's convolution packs 9-long im2col rows for this shape, and
-    its weight gradient transposes the output gradient first. ``mnist_cnn``'s
-    two-core step went from 71.0 to 67.2 ms this way (interleaved A/B, median
-    of 30 windows; in a later A/B, 49.7 -> 46.6 ms, and on one thread 83.7
-    -> 78.7 ms). With three input channels (a CIFAR net's first conv, 27
-    strided windows) the same way was slower (19.1 -> 23.4 ms), so it is kept
-    to one.
-    """
-    _check_single_channel(x, kernel, bias)
-    return _single_channel_forward(x, kernel, bias)
-
-
-def _check_single_channel(x, kernel, bias):
-    kh, kw, in_channels, out_channels = kernel.shape
-    if in_channels != 1 or x.ndim != 4 or x.shape[-1] != 1:
-        raise ValueError(f"single_channel_conv2d: x must be (B, H, W, 1) and kernel (kh, kw, 1, Cout), "
-                         f"got x {tuple(x.shape)} and kernel {tuple(kernel.shape)}")
-    if bias.shape != (out_channels,):
-        raise ValueError(f"single_channel_conv2d: bias must have shape ({out_channels},), got {tuple(bias.shape)}")
-    if not (kh <= x.shape[1] and kw <= x.shape[2]):
-        raise ValueError(f"single_channel_conv2d: a {kh}x{kw} kernel does not fit x of shape {tuple(x.shape)}")
-
-
-def _shifted_windows(x: jax.Array, kh: int, kw: int) -> list[jax.Array]:
-    """``[x[:, i:i+Ho, j:j+Wo, :] for i < kh for j < kw]``, row-major in ``(i, j)``."""
-    ho, wo = x.shape[1] - kh + 1, x.shape[2] - kw + 1
-    return [x[:, i:i + ho, j:j + wo, :] for i in range(kh) for j in range(kw)]
-
-
-def _single_channel_forward(x, kernel, bias):
-    kh, kw, _, out_channels = kernel.shape
-    taps = kernel.reshape(kh * kw, 1, 1, 1, out_channels)
-    y = bias.reshape(1, 1, 1, out_channels)
-    for tap, window in zip(taps, _shifted_windows(x, kh, kw)):
-        y = y + window * tap
-    return y
-
-
-def _single_channel_vjp_forward(x, kernel, bias):
-    return single_channel_conv2d(x, kernel, bias), (x, kernel, bias)
-
-
-def _single_channel_vjp_backward(saved, grad):
-    x, kernel, bias = saved
-    kh, kw, _, out_channels = kernel.shape
-    windows = _shifted_windows(x, kh, kw)
-    rows = jnp.stack([*windows, jnp.ones_like(windows[0])]).reshape(kh * kw + 1, -1)
-    accumulate = jnp.promote_types(grad.dtype, jnp.float32)
-    kernel_and_bias = jax.lax.dot(rows, grad.reshape(-1, out_channels), preferred_element_type=accumulate)
-    grad_x = jax.vjp(lambda x: _xla_conv2d(x, kernel), x)[1](grad)[0]
-    return (grad_x, kernel_and_bias[:-1].reshape(kernel.shape).astype(kernel.dtype),
-            kernel_and_bias[-1].astype(bias.dtype))
-
-
-single_channel_conv2d.defvjp(_single_channel_vjp_forward, _single_channel_vjp_backward)
-
-
-def patches(x: jax.Array, kh: int, kw: int) -> jax.Array:
-    """im2col: ``(B, H, W, C) -> (B, H-kh+1, W-kw+1, kh*kw*C)``, the window at each
-    output position flattened in HWIO order (row ``i``, column ``j``, channel
-    ``c`` at ``(i*kw + j)*C + c``), so ``patches(x) @ kernel.reshape(-1, Cout)``
-    is ``conv2d`` without the bias."""
-    if x.ndim != 4 or not (1 <= kh <= x.shape[1] and 1 <= kw <= x.shape[2]):
-        raise ValueError(f"patches: x must be (B, H, W, C) with H >= kh = {kh} >= 1 and "
-                         f"W >= kw = {kw} >= 1, got shape {tuple(x.shape)}")
-    return jnp.concatenate(_shifted_windows(x, kh, kw), axis=-1)
-
-
-@jax.custom_vjp
-def add_bias(y: jax.Array, bias: jax.Array) -> jax.Array:
-    """``y + bias`` over the last axis, ``(..., C) + (C,)``. Its gradient for the
-    bias, ``sum over all but the last axis of g``, is computed as the
-    matrix-vector product ``ones(N) @ g.reshape(N, C)`` (accumulated in at
-    least float32): XLA:CPU's reductions run at about 2 ns an element, 7x
-    slower than its matrix-vector product, and the conv biases' gradients
-    took 2.7 ms of a 19 ms step of the earlier ``cifar_cnn`` reconstruction."""
-    if bias.shape != y.shape[-1:]:
-        raise ValueError(f"add_bias: bias must have shape ({y.shape[-1]},) to match y's last axis, "
-                         f"got {tuple(bias.shape)} for y of shape {tuple(y.shape)}")
-    return y + bias.reshape((1,) * (y.ndim - 1) + bias.shape)
-
-
-def _add_bias_forward(y, bias):
-    return add_bias(y, bias), None
-
-
-def _add_bias_backward(_, grad):
-    rows = grad.reshape(-1, grad.shape[-1])
-    accumulate = jnp.promote_types(grad.dtype, jnp.float32)
-    bias_grad = jax.lax.dot(jnp.ones(rows.shape[0], grad.dtype), rows, preferred_element_type=accumulate)
-    return grad, bias_grad.astype(grad.dtype)
-
-
-add_bias.defvjp(_add_bias_forward, _add_bias_backward)
+    if stride == 1 and padding == 0 and cpu.fast_paths():
+        return cpu.conv2d(params, x)
+    y = jax.lax.conv_general_dilated(x, params["kernel"], window_strides=(stride, stride),
+                                     padding=((padding, padding), (padding, padding)),
+                                     dimension_numbers=("NHWC", "HWIO", "NHWC"))
+    return y + params["bias"][None, None, None, :]
 
 
 def max_pool2d(x: jax.Array, size: int = 2) -> jax.Array:
@@ -484,79 +352,27 @@ def check_key(key, argument: str) -> None:
 def uniform_draws(rng: jax.Array, n: int) -> jax.Array:
     """``n`` float32 draws of ``U[0, 1)`` from ``rng``, for dropout masks.
 
-    With a Threefry key (JAX's default) the 32-bit words are those of
-    ``jax.extend.random.threefry_2x32(key_data(rng), arange(n))``: the counters
-    ``0 .. n-1`` cut into halves (a zero appended when ``n`` is odd), counter
-    ``i`` of the first half paired with counter ``i`` of the second, each pair
-    hashed to two words (`threefry2x32_hash`); and each word becomes a float
-    as ``jax.random.uniform`` makes one: its top 23 bits as the mantissa of a
-    number in ``[1, 2)``, minus 1. ``jax.random.uniform`` itself (partitionable
-    Threefry, JAX's default since 0.5) hashes every counter and keeps the XOR
-    of the two words, twice the hashing: for ``mnist_cnn``'s 598,016 mask draws
-    a step that way took 61.6 ms against 57.9 ms this way (interleaved A/B,
-    median of 30 windows; 120 -> 114 core-ms). Other key kinds (``rbg``) use
-    ``jax.random.uniform``. The draws depend only on ``rng`` and ``n``, not on
-    how the arrays are sharded.
+    With a Threefry key (JAX's default) the 32-bit words are
+    ``jax.extend.random.threefry_2x32(key_data(rng), arange(n))``, and each word
+    becomes a float as ``jax.random.uniform`` makes one: its top 23 bits as the
+    mantissa of a number in ``[1, 2)``, minus 1 (on the CPU the same bits come
+    from `funcnets.cpu.threefry_bits`). This hashes each counter once, half
+    the work of ``jax.random.uniform``'s partitionable Threefry. Other key kinds
+    (``rbg``) use ``jax.random.uniform``. The draws depend only on ``rng`` and
+    ``n``, not on the backend or on how the arrays are sharded.
     """
     check_key(rng, "uniform_draws: rng")
     if not isinstance(n, (int, np.integer)) or isinstance(n, bool) or n < 0:
         raise ValueError(f"uniform_draws: n must be a non-negative integer, got {n!r}")
     if str(jax.random.key_impl(rng)) != "threefry2x32":
         return jax.random.uniform(rng, (n,), jnp.float32)
-    half = (int(n) + 1) // 2
-    first = jax.lax.iota(jnp.uint32, half)
-    second = first + np.uint32(half)
-    if n % 2:
-        second = jnp.where(first == half - 1, np.uint32(0), second)   # threefry_2x32's padding
     key_data = jax.random.key_data(rng)
-    bits = jnp.concatenate(threefry2x32_hash(key_data[0], key_data[1], first, second))[:n]
+    if cpu.fast_paths():
+        bits = cpu.threefry_bits(key_data, int(n))
+    else:
+        bits = jax_random.threefry_2x32(key_data, jax.lax.iota(jnp.uint32, int(n)))
     one_to_two = jax.lax.bitcast_convert_type((bits >> 9) | jnp.uint32(0x3F800000), jnp.float32)
     return one_to_two - 1.0
-
-
-_THREEFRY_ROTATIONS = ((13, 15, 26, 6), (17, 29, 16, 24))
-
-
-def threefry2x32_hash(key0: jax.Array, key1: jax.Array, x0: jax.Array, x1: jax.Array
-                      ) -> tuple[jax.Array, jax.Array]:
-    """Threefry-2x32 (20 rounds; Salmon et al. 2011), the hash behind JAX's
-    default PRNG: ``uint32`` words ``(x0, x1)`` (same shape) under the key
-    ``(key0, key1)`` to two ``uint32`` words, bit for bit as JAX's
-    ``threefry2x32`` primitive. Five times: four rounds of::
-
-        x0 += x1;  x1 = rotl(x1, r) ^ x0          r in (13, 15, 26, 6), then (17, 29, 16, 24)
-
-    then the key injection ``x0 += k[s+1];  x1 += k[s+2] + s + 1`` (``s`` the
-    pass, ``k`` the key words with ``k[2] = key0 ^ key1 ^ 0x1BD11BDA``, indices
-    mod 3), after ``x0 += k[0];  x1 += k[1]`` at the start.
-
-    Why not the primitive: on the CPU JAX lowers it as a ``fori_loop`` of the
-    five passes, which XLA runs as a while loop, each pass a handful of
-    separate sweeps over the arrays. Written out, it is one elementwise loop
-    that XLA fuses with the counters (`uniform_draws`) and their consumers.
-    ``mnist_cnn``'s step (598,016 draws), in eight interleaved A/B runs on two
-    cores (paired medians of 15-60 windows of 20 steps): 1.007x, 1.04x,
-    1.10x, 1.14x, 0.994x, 1.17x, 1.016x and 1.001x faster; on one thread,
-    without page faults, 79.4 -> 78.7 ms. A small gain, not seen in every
-    run. The bits are the same.
-    """
-    dtypes = [jnp.result_type(word) for word in (key0, key1, x0, x1)]
-    if any(dtype != jnp.uint32 for dtype in dtypes) or jnp.shape(key0) or jnp.shape(key1):
-        raise TypeError(f"threefry2x32_hash: key0 and key1 must be uint32 scalars and x0, x1 uint32 "
-                        f"arrays, got dtypes {[str(d) for d in dtypes]} and key shapes "
-                        f"{jnp.shape(key0)}, {jnp.shape(key1)}")
-    if jnp.shape(x0) != jnp.shape(x1):
-        raise ValueError(f"threefry2x32_hash: x0 and x1 must have the same shape, "
-                         f"got {jnp.shape(x0)} and {jnp.shape(x1)}")
-    keys = (key0, key1, key0 ^ key1 ^ np.uint32(0x1BD11BDA))
-    x0, x1 = x0 + keys[0], x1 + keys[1]
-    for step in range(5):
-        for r in _THREEFRY_ROTATIONS[step % 2]:
-            x0 = x0 + x1
-            x1 = ((x1 << np.uint32(r)) | (x1 >> np.uint32(32 - r))) ^ x0
-        x0 = x0 + keys[(step + 1) % 3]
-        x1 = x1 + keys[(step + 2) % 3] + np.uint32(step + 1)
-    return x0, x1
 
 
 def dropout_from_unit(x: jax.Array, rate: float, unit: jax.Array) -> jax.Array:

@@ -51,6 +51,14 @@ import numpy as np
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
 
 DATA_AXIS = "data"
+HEARTBEAT_TIMEOUT_S = 10   # a process silent this long is declared lost
+SHUTDOWN_TIMEOUT_S = 30    # the longest a process waits for the others at exit
+
+
+class PeerLostError(RuntimeError):
+    """Another process of a multi-process run is gone (killed, crashed, or cut off):
+    a collective or checkpoint barrier failed. The message names the step and the
+    last complete checkpoint; restart every process to resume from it."""
 
 _ENVIRONMENT = ("JAX_COORDINATOR_ADDRESS", "JAX_NUM_PROCESSES", "JAX_PROCESS_ID")
 _SLURM = ("SLURM_JOB_ID", "SLURM_NTASKS", "SLURM_PROCID", "SLURM_STEP_NODELIST", "SLURM_LOCALID")
@@ -83,7 +91,8 @@ def _env_int(name: str) -> int | None:
 
 def initialize(coordinator_address: str | None = None, num_processes: int | None = None,
                process_id: int | None = None, *, local_device_ids: Sequence[int] | None = None,
-               timeout_s: int = 300) -> ProcessInfo:
+               timeout_s: int = 300, heartbeat_timeout_s: int = HEARTBEAT_TIMEOUT_S,
+               shutdown_timeout_s: int = SHUTDOWN_TIMEOUT_S) -> ProcessInfo:
     """Joins this process to a multi-process JAX run (`jax.distributed.initialize`).
 
     Each setting comes from, in order: the argument; the environment variables
@@ -95,6 +104,15 @@ def initialize(coordinator_address: str | None = None, num_processes: int | None
 
     Call it first, before anything runs on a device. On CPU the processes reduce
     over gloo (JAX's default CPU collectives). Returns `ProcessInfo`.
+
+    A lost process: JAX's coordination service declares a process dead when
+    its heartbeats stop for ``heartbeat_timeout_s`` (JAX's default is 100 s),
+    and waits at most ``shutdown_timeout_s`` for the others at exit. This call
+    also turns on ``jax_enable_recoverability`` (a process-wide JAX setting, as
+    the distributed runtime itself is), so that the survivors see the loss as a
+    Python exception in their next collective, not a native abort of the
+    process: `funcnets.fit` raises it as `PeerLostError`. ``timeout_s``: how
+    long to wait for every process to join.
     """
     if jax.distributed.is_initialized():
         return _info()
@@ -114,8 +132,10 @@ def initialize(coordinator_address: str | None = None, num_processes: int | None
         raise ValueError(f"process_id must lie in [0, num_processes): got process_id={index}, "
                          f"num_processes={count}")
     try:
+        jax.config.update("jax_enable_recoverability", True)
         jax.distributed.initialize(address, count, index, local_device_ids=local_device_ids,
-                                   initialization_timeout=timeout_s)
+                                   initialization_timeout=timeout_s, heartbeat_timeout_seconds=heartbeat_timeout_s,
+                                   shutdown_timeout_seconds=shutdown_timeout_s)
     except RuntimeError as error:
         if "before" in str(error):
             raise RuntimeError("funcnets.parallel.initialize() must run before anything uses a device "

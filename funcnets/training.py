@@ -18,6 +18,7 @@ pure function, compiled once per batch shape and dtype.
 from __future__ import annotations
 
 import functools
+import warnings
 from typing import Any, Callable
 
 import jax
@@ -28,7 +29,7 @@ from flax import struct
 from flax.training import train_state
 from jax.sharding import Mesh
 
-from funcnets import host_memory, layers, losses, parallel
+from funcnets import cpu, layers, losses, parallel
 from funcnets.models import Model, Params
 
 Batch = tuple[Any, Any]
@@ -141,34 +142,27 @@ def _has_conv(model: Model) -> bool:
     return any(len(leaf.shape) == 4 for leaf in jax.tree.leaves(model.param_shapes()))
 
 
-# XLA:CPU routes convolutions through YNNPACK fusions by default. For these
-# nets' training steps that path is 2.4x slower than XLA's own (mnist_cnn,
-# batch 64: 232 vs 96 ms per step on 2 cores), while dense layers run best
-# with the default. So convolutional models compile with YNNPACK fusions off.
-_CPU_CONV_OPTIONS = {"xla_cpu_experimental_ynn_fusion_type": ""}
-
-
 def compiler_options(model: Model) -> dict[str, str]:
     """The XLA options ``model``'s programs compile with on the current backend
-    (see ``benchmarks`` in the README for the measurements behind them)."""
-    if _has_conv(model) and jax.default_backend() == "cpu":
-        return dict(_CPU_CONV_OPTIONS)
-    return {}
+    (`funcnets.cpu.compiler_options`)."""
+    return cpu.compiler_options(_has_conv(model))
 
 
 class _jit_per_model:  # noqa: N801 (used as a decorator, like jax.jit)
     """``jax.jit(fun, **jit_kwargs)``, compiled with `compiler_options` of the
     model in ``fun``'s first argument (a `TrainState`): one jitted function per
-    distinct set of options. Options this jaxlib does not know are dropped.
-    On the CPU, the first call also sets up host memory for steps
-    (`funcnets.host_memory.reuse_freed_blocks`)."""
+    distinct set of options. An option this jaxlib does not know is dropped
+    (for this function, with a warning)."""
 
     def __init__(self, fun, **jit_kwargs):
         self._fun, self._jit_kwargs = fun, jit_kwargs
         self._by_options: dict[tuple, Any] = {}
+        self._unknown: set[str] = set()
         functools.update_wrapper(self, fun)
 
-    def _jitted(self, options: dict[str, str]):
+    def jitted(self, options: dict[str, str]):
+        """The ``jax.jit`` of ``fun`` with these compiler options."""
+        options = {k: v for k, v in options.items() if k not in self._unknown}
         key = tuple(sorted(options.items()))
         if key not in self._by_options:
             self._by_options[key] = jax.jit(self._fun, compiler_options=options or None, **self._jit_kwargs)
@@ -176,18 +170,16 @@ class _jit_per_model:  # noqa: N801 (used as a decorator, like jax.jit)
 
     def __call__(self, state, *args, **kwargs):
         options = compiler_options(state.model)
-        if host_memory.setting() is None and jax.default_backend() == "cpu":
-            host_memory.reuse_freed_blocks()   # once per process; see funcnets.host_memory
         try:
-            return self._jitted(options)(state, *args, **kwargs)
+            return self.jitted(options)(state, *args, **kwargs)
         except Exception as error:  # an older jaxlib without the option: compile without it
-            if not options or not any(name in str(error) for name in options):
+            unknown = {name for name in options if name in str(error)} - self._unknown
+            if not unknown:
                 raise
-            _CPU_CONV_OPTIONS.clear()
-            return self._jitted({})(state, *args, **kwargs)
-
-    def _cache_size(self) -> int:
-        return sum(f._cache_size() for f in self._by_options.values())
+            warnings.warn(f"this jaxlib does not know the XLA option(s) {sorted(unknown)}; compiling without",
+                          RuntimeWarning, stacklevel=2)
+            self._unknown |= unknown
+            return self.jitted(options)(state, *args, **kwargs)
 
 
 def forward(state: TrainState, params: Params, images, *, train: bool = False, rng=None) -> jax.Array:
@@ -294,14 +286,10 @@ def batch_index(order: jax.Array, batch_size: int, drop_last: bool = False) -> l
 
 
 def uses_scan(model: Model) -> bool:
-    """Whether whole runs of steps compile into one ``lax.scan`` program.
-
-    Yes, except for convolutional models on CPU: there XLA compiles the
-    convolution weight-gradient inside a loop body far slower than the same
-    step jitted alone (measured 7-40x), so those run a jitted step per batch,
-    still without a host sync between steps.
-    """
-    return not (_has_conv(model) and jax.default_backend() == "cpu")
+    """Whether whole runs of steps compile into one ``lax.scan`` program: yes,
+    except where `funcnets.cpu.scan_is_slow` (conv nets on the CPU), which run a
+    jitted step per batch, still without a host sync between steps."""
+    return not cpu.scan_is_slow(_has_conv(model))
 
 
 @functools.partial(_jit_per_model, static_argnames=("loss_fn",), donate_argnums=(0,))
@@ -391,12 +379,33 @@ def train_epoch(state: TrainState, images, labels, *, batch_size: int, rng: jax.
     return state, jax.tree.map(lambda *m: jnp.concatenate(m), *history)
 
 
+def _batch_sums(state, images, labels, loss_fn):
+    """A batch's summed loss (mean loss times its size) and its count of correct answers."""
+    outputs = forward(state, state.params, images)
+    loss = _objective(state, loss_fn)(outputs, labels)
+    return loss * labels.shape[0], jnp.sum(jnp.argmax(outputs, axis=-1) == labels)
+
+
 @functools.partial(_jit_per_model, static_argnames=("loss_fn",))
 def _eval_sums(state, images, labels, loss_fn=None):
-    outputs = forward(state, state.params, images)
-    count = labels.shape[0]
-    loss = _objective(state, loss_fn)(outputs, labels)
-    return loss * count, jnp.sum(jnp.argmax(outputs, axis=-1) == labels)
+    return _batch_sums(state, images, labels, loss_fn)
+
+
+@functools.partial(_jit_per_model, static_argnames=("batch_size", "loss_fn"))
+def _eval_split(state, images, labels, batch_size: int, loss_fn=None):
+    """Every batch's `_batch_sums` over a whole split, in one program: the full batches
+    under ``lax.map``, the ragged last one after them; two ``(num_batches,)`` arrays."""
+    n = labels.shape[0]
+    full = n // batch_size
+    sums = []
+    if full:
+        batched = (images[:full * batch_size].reshape(full, batch_size, *images.shape[1:]),
+                   labels[:full * batch_size].reshape(full, batch_size, *labels.shape[1:]))
+        sums.append(jax.lax.map(lambda batch: _batch_sums(state, *batch, loss_fn), batched))
+    if n % batch_size:
+        tail = _batch_sums(state, images[full * batch_size:], labels[full * batch_size:], loss_fn)
+        sums.append(jax.tree.map(lambda x: x[None], tail))
+    return jax.tree.map(lambda *parts: jnp.concatenate(parts), *sums)
 
 
 def evaluate(state: TrainState, images, labels, *, batch_size: int = 1000,
@@ -405,16 +414,22 @@ def evaluate(state: TrainState, images, labels, *, batch_size: int = 1000,
 
     Each batch's mean loss is weighted by its size, so the ragged last batch
     counts exactly as its examples; sums accumulate in float64 on the host.
-    With a ``mesh``, batches that divide by its device count are split over it.
+    Without a ``mesh``, the whole split is one program; with one, batches that
+    divide by its device count are split over it.
     """
     images, labels = _device_split(state, images, labels, batch_size, mesh=mesh)
     state = place_state(state, mesh)
     n = images.shape[0]
-    sums = []
-    for i in range(0, n, batch_size):
-        batch = images[i:i + batch_size], labels[i:i + batch_size]
-        if mesh is not None and batch[1].shape[0] % mesh.shape[parallel.DATA_AXIS] == 0:
-            batch = jax.device_put(batch, (parallel.batch_sharded(mesh, batch[0].ndim), parallel.batch_sharded(mesh)))
-        sums.append(_eval_sums(state, *batch))
-    loss_sum, correct = (np.asarray(jax.device_get(part), np.float64).sum() for part in zip(*sums))
+    if mesh is None:
+        sums = [jax.device_get(_eval_split(state, images, labels, batch_size))]
+    else:
+        sums = []
+        for i in range(0, n, batch_size):
+            batch = images[i:i + batch_size], labels[i:i + batch_size]
+            if batch[1].shape[0] % mesh.shape[parallel.DATA_AXIS] == 0:
+                batch = jax.device_put(batch, (parallel.batch_sharded(mesh, batch[0].ndim),
+                                               parallel.batch_sharded(mesh)))
+            sums.append(jax.device_get(_eval_sums(state, *batch)))
+    loss_sum, correct = (np.asarray(np.concatenate([np.atleast_1d(p) for p in part]), np.float64).sum()
+                         for part in zip(*sums))
     return {"loss": float(loss_sum / n), "accuracy": float(correct / n)}

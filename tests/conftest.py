@@ -11,6 +11,7 @@ compare full float32, so both are switched off; on CPU these settings change
 nothing.
 """
 
+import contextlib
 import os
 
 import jax
@@ -50,3 +51,39 @@ def getkey():
     """Hands out fresh PRNG keys: ``getkey()``."""
     keys = iter(jax.random.split(jax.random.key(1234), 1000))
     return lambda: next(keys)
+
+
+@contextlib.contextmanager
+def count_compilations():
+    """Counts the XLA compilations inside the ``with`` block (JAX's public
+    monitoring events), as ``counts["compiled"]``."""
+    counts = {"compiled": 0}
+
+    def listen(event, duration, **_):
+        if event == "/jax/core/compile/backend_compile_duration":
+            counts["compiled"] += 1
+
+    jax.monitoring.register_event_duration_secs_listener(listen)
+    try:
+        yield counts
+    finally:
+        jax.monitoring.unregister_event_duration_listener(listen)
+
+
+@pytest.fixture(params=["cpu-fast-paths", "plain-xla"])
+def layer_path(request, monkeypatch):
+    """Runs the test on each way the layers compute: funcnets' CPU fast paths
+    (`funcnets.cpu`; on the CPU only) and XLA's plain ops (every backend's path,
+    forced on the CPU with ``FUNCNETS_CPU_FAST_PATHS=off``). Compiled programs
+    are dropped around it, since the choice is made when a program is traced."""
+    from funcnets import cpu
+
+    if request.param == "plain-xla":
+        monkeypatch.setenv(cpu.FAST_PATHS_VARIABLE, "off")
+    else:
+        monkeypatch.delenv(cpu.FAST_PATHS_VARIABLE, raising=False)
+        if jax.default_backend() != "cpu":
+            pytest.skip("the fast paths are the CPU's")
+    jax.clear_caches()
+    yield request.param
+    jax.clear_caches()

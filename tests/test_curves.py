@@ -81,6 +81,24 @@ def _own_noise(name, case, steps, ours):
 
 @pytest.mark.parametrize("name, index", list(_cases()))
 def test_curve_matches_pytorch_golden(name, index):
+    _check_golden(name, index)
+
+
+def _plain_cases():
+    for name in ("mnist_cnn", "mastering_cnn"):
+        for index, case in enumerate(_golden(name)["cases"]):
+            if case["optimizer"] in ("sgd", "adam") and "momentum" not in case["kwargs"]:
+                yield pytest.param(name, index, id=f"{name}-{case['label']}")
+
+
+@pytest.mark.parametrize("layer_path", ["plain-xla"], indirect=True)
+@pytest.mark.parametrize("name, index", list(_plain_cases()))
+def test_plain_xla_path_matches_the_goldens(name, index, layer_path):
+    """The conv nets on XLA's plain ops (every non-CPU backend's path), forced on the CPU."""
+    _check_golden(name, index)
+
+
+def _check_golden(name, index):
     data = _golden(name)
     case = data["cases"][index]
     ours, _ = jax_curve(*_run(name, case, data["steps"]))

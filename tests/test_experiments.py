@@ -410,3 +410,47 @@ def test_bench_speedups_pair_the_contestants_round_by_round():
     assert speedups["well"] == {"median": 1.5, "low": 1.5, "high": 1.65}   # the 2-thread run: lower median
     assert "compile" not in speedups
     assert bench.paired_speedups(times, "torch tutorial")["tutorial"]["median"] == 1.0
+
+
+SHARED_MNIST = pathlib.Path(__file__).resolve().parents[2] / "shared" / "data" / "mnist"
+
+
+def test_end_to_end_times_whole_processes_in_turns_and_pairs_the_ratios(monkeypatch, tmp_path):
+    """The end-to-end table from (faked) process timings: three contestants a
+    round, in turns; the ratio is the median of each round's PyTorch / funcnets."""
+    from experiments import end_to_end
+
+    timings = iter([(12.0, 96.1, ""), (9.0, 96.1, ""), (20.0, 96.2, ""),     # round 1: cold, warm, PyTorch
+                    (11.0, 96.1, ""), (8.0, 96.1, ""), (24.0, 96.2, "")])    # round 2
+    seen = []
+    monkeypatch.setattr(end_to_end, "_timed", lambda command, env: (seen.append(command), next(timings))[1])
+    monkeypatch.setattr(end_to_end.subprocess, "run", lambda *a, **k: None)   # the untimed cache fill
+    (tmp_path / "mnist").mkdir()
+    out = end_to_end.main(["--scripts", "mnist_mlp", "--repeats", "2", "--mnist-dir", str(tmp_path / "mnist"),
+                           "--out", str(tmp_path / "report")])
+    result = json.loads((out / "end_to_end.json").read_text())["results"][0]
+    assert result["seconds"] == {"funcnets cold": 11.5, "funcnets warm": 8.5, "PyTorch": 22.0}
+    assert result["speedup"]["funcnets warm"] == pytest.approx((20 / 9 + 24 / 8) / 2)
+    assert [c[2] for c in seen[:3]] == ["experiments.mnist_mlp", "experiments.mnist_mlp",
+                                        "experiments.as_written.mnist_mlp"]
+    cold, warm = seen[0], seen[1]
+    assert cold[cold.index("--compile-cache") + 1] != warm[warm.index("--compile-cache") + 1]
+    assert "| mnist_mlp | 10 of 10 |" in (out / "end_to_end.md").read_text()
+
+
+def test_end_to_end_names_missing_data_before_any_run(tmp_path, capsys):
+    from experiments import end_to_end
+
+    with pytest.raises(SystemExit):
+        end_to_end.main(["--scripts", "cifar10_cnn", "--cifar-dir", str(tmp_path / "nowhere")])
+    assert "no data for cifar10" in capsys.readouterr().err
+
+
+@pytest.mark.skipif(not SHARED_MNIST.is_dir(), reason="needs ../shared/data/mnist (the complete MNIST) beside this checkout")
+def test_the_tutorials_own_program_runs_as_written():
+    done = subprocess.run([sys.executable, "-m", "experiments.as_written.mnist_mlp", "--data-dir", str(SHARED_MNIST),
+                           "--epochs", "1"], capture_output=True, text=True, timeout=300,
+                          cwd=pathlib.Path(__file__).parents[1])
+    assert done.returncode == 0, done.stderr[-2000:]
+    accuracy = float(done.stdout.split("Test accuracy: ")[-1].split("%")[0])
+    assert accuracy > 88.0, done.stdout   # one epoch of the tutorial's SGD: ~91%

@@ -8,6 +8,7 @@ import pytest
 from jax.extend.random import threefry_2x32
 
 import funcnets as fn
+from conftest import count_compilations
 
 torch = pytest.importorskip("torch")
 from funcnets import torch_models  # noqa: E402
@@ -109,7 +110,7 @@ def test_forward_matches_torch_float32(name):
 
 
 @pytest.mark.parametrize("name", list(PARAM_COUNTS))
-def test_forward_matches_torch_float64(name, x64):
+def test_forward_matches_torch_float64(name, x64, layer_path):
     torch.manual_seed(0)
     assert _forward_gap(name, torch.float64) <= 1e-12
 
@@ -238,7 +239,7 @@ def test_mnist_cnn_draws_both_dropout_masks_at_once():
 
 
 @pytest.mark.parametrize("shape", [(2, 7, 9, 3), (1, 4, 4, 1), (3, 13, 13, 2)])
-def test_max_pool_matches_torch_forward_and_backward_with_ties(shape, x64):
+def test_max_pool_matches_torch_forward_and_backward_with_ties(shape, x64, layer_path):
     """Small integers make many ties: PyTorch sends a window's gradient to its first
     maximum (row-major), and so must funcnets; odd sizes floor as F.max_pool2d does."""
     rng = np.random.default_rng(0)
@@ -256,8 +257,6 @@ def test_max_pool_matches_torch_forward_and_backward_with_ties(shape, x64):
 def test_init_is_one_draw_cut_in_layer_order_and_one_program():
     """``model.init`` draws ``param_count`` uniforms once and cuts them kernel,
     bias, layer by layer (one random program to compile, not one per tensor)."""
-    from funcnets import models
-
     model = fn.models.get("simple_net")
     key = jax.random.key(11)
     params = model.init(key)
@@ -271,15 +270,16 @@ def test_init_is_one_draw_cut_in_layer_order_and_one_program():
             np.testing.assert_allclose(params[name][leaf], expected[leaf], rtol=0, atol=1e-7)
         start += size
     assert start == model.param_count
-    before = models._init_params._cache_size()
-    model.init(jax.random.key(12))
-    assert models._init_params._cache_size() == before   # a new key reuses the compiled program
+    with count_compilations() as counts:
+        model.init(jax.random.key(12))
+    assert counts["compiled"] == 0   # a new key reuses the compiled program
 
 
 @pytest.mark.parametrize("shape, kernel_size", [((3, 4, 4, 5), 3), ((2, 7, 6, 3), 3),
                                                  ((3, 7, 6, 1), 3), ((2, 5, 4, 1), 2)])
-def test_conv2d_values_and_gradients_match_torch(shape, kernel_size, x64):
-    """Each of conv2d's ways, against ``F.conv2d`` in float64: an output smaller
+def test_conv2d_values_and_gradients_match_torch(shape, kernel_size, x64, layer_path):
+    """Each of conv2d's ways, against ``F.conv2d`` in float64: XLA's convolution
+    on the plain path; on the CPU's fast paths, an output smaller
     than the kernel (4x4 -> 2x2, as cifar_cnn's conv4) runs as a matmul over
     `patches`, one input channel (mnist_cnn's conv1) as `single_channel_conv2d`'s
     sum of shifted windows, the rest through XLA's convolution; the bias
@@ -310,7 +310,7 @@ def test_conv2d_values_and_gradients_match_torch(shape, kernel_size, x64):
 def test_patches_are_conv2d_windows_in_kernel_order(x64):
     x = jnp.asarray(np.random.default_rng(1).normal(size=(2, 6, 5, 3)))
     kernel = jnp.asarray(np.random.default_rng(2).normal(size=(3, 2, 3, 4)))
-    windows = fn.layers.patches(x, 3, 2)
+    windows = fn.cpu.patches(x, 3, 2)
     assert windows.shape == (2, 4, 4, 3 * 2 * 3)
     direct = jax.lax.conv_general_dilated(x, kernel, (1, 1), "VALID", dimension_numbers=("NHWC", "HWIO", "NHWC"))
     np.testing.assert_allclose(windows @ kernel.reshape(-1, 4), direct, rtol=1e-12, atol=1e-12)
@@ -322,7 +322,7 @@ def test_add_bias_gradient_keeps_bfloat16_and_sums_exactly():
     in bfloat16 would stall at 256."""
     y = jnp.zeros((128, 16, 16, 1), jnp.bfloat16)
     bias = jnp.zeros((1,), jnp.bfloat16)
-    _, vjp = jax.vjp(fn.layers.add_bias, y, bias)
+    _, vjp = jax.vjp(fn.cpu.add_bias, y, bias)
     grad_y, grad_bias = vjp(jnp.ones_like(y))
     assert grad_bias.dtype == jnp.bfloat16 and grad_y.dtype == jnp.bfloat16
     assert float(grad_bias[0]) == 32_768.0   # 2**15, exact in bfloat16
@@ -331,14 +331,14 @@ def test_add_bias_gradient_keeps_bfloat16_and_sums_exactly():
 @pytest.mark.parametrize("call, match", [
     (lambda: fn.layers.split_sizes(jnp.zeros(10), [3, 4]), "sum\\(sizes\\) = 7"),
     (lambda: fn.layers.split_sizes(jnp.zeros((2, 5)), [5, 5]), "1-D"),
-    (lambda: fn.layers.patches(jnp.zeros((2, 4, 4, 3)), 5, 3), "H >= kh = 5"),
-    (lambda: fn.layers.patches(jnp.zeros((4, 4, 3)), 3, 3), "\\(B, H, W, C\\)"),
-    (lambda: fn.layers.add_bias(jnp.zeros((2, 3, 3, 8)), jnp.zeros(4)), "bias must have shape \\(8,\\)"),
-    (lambda: fn.layers.single_channel_conv2d(jnp.zeros((2, 5, 5, 3)), jnp.zeros((3, 3, 1, 4)), jnp.zeros(4)),
+    (lambda: fn.cpu.patches(jnp.zeros((2, 4, 4, 3)), 5, 3), "H >= kh = 5"),
+    (lambda: fn.cpu.patches(jnp.zeros((4, 4, 3)), 3, 3), "\\(B, H, W, C\\)"),
+    (lambda: fn.cpu.add_bias(jnp.zeros((2, 3, 3, 8)), jnp.zeros(4)), "bias must have shape \\(8,\\)"),
+    (lambda: fn.cpu.single_channel_conv2d(jnp.zeros((2, 5, 5, 3)), jnp.zeros((3, 3, 1, 4)), jnp.zeros(4)),
      "x must be \\(B, H, W, 1\\)"),
-    (lambda: fn.layers.single_channel_conv2d(jnp.zeros((2, 5, 5, 1)), jnp.zeros((3, 3, 1, 4)), jnp.zeros(3)),
+    (lambda: fn.cpu.single_channel_conv2d(jnp.zeros((2, 5, 5, 1)), jnp.zeros((3, 3, 1, 4)), jnp.zeros(3)),
      "bias must have shape \\(4,\\)"),
-    (lambda: fn.layers.single_channel_conv2d(jnp.zeros((2, 2, 5, 1)), jnp.zeros((3, 3, 1, 4)), jnp.zeros(4)),
+    (lambda: fn.cpu.single_channel_conv2d(jnp.zeros((2, 2, 5, 1)), jnp.zeros((3, 3, 1, 4)), jnp.zeros(4)),
      "does not fit"),
     (lambda: fn.layers.dropout_from_unit(jnp.zeros((2, 5)), 0.5, jnp.zeros(9)), "x.size = 10"),
     (lambda: fn.layers.uniform_draws(jax.random.key(0), -1), "n must be a non-negative integer"),
@@ -350,7 +350,7 @@ def test_layer_helpers_reject_mismatched_shapes(call, match):
 
 
 @pytest.mark.parametrize("n", [0, 1, 2, 7, 10_000])
-def test_uniform_draws_are_threefry_words_as_floats_in_0_1(n):
+def test_uniform_draws_are_threefry_words_as_floats_in_0_1(n, layer_path):
     """With a Threefry key: the hash of the counters 0..n-1 in pairs, each word's
     top 23 bits as jax.random.uniform maps them; legacy raw keys give the same;
     an rbg key falls back to jax.random.uniform."""
@@ -378,18 +378,18 @@ def test_threefry2x32_hash_is_jaxs_bit_for_bit():
     for key0, key1, x0, x1 in cases:
         x0, x1 = np.broadcast_to(np.uint32(x0), (1000,)), np.broadcast_to(np.uint32(x1), (1000,))
         expected = np.asarray(threefry_2x32(jnp.asarray([key0, key1], jnp.uint32), jnp.concatenate([x0, x1])))
-        hashed = jax.jit(fn.layers.threefry2x32_hash)(jnp.uint32(key0), jnp.uint32(key1), x0, x1)
+        hashed = jax.jit(fn.cpu.threefry2x32_hash)(jnp.uint32(key0), jnp.uint32(key1), x0, x1)
         np.testing.assert_array_equal(np.concatenate([np.asarray(h) for h in hashed]), expected)
 
 
 def test_threefry2x32_hash_rejects_other_words():
     words = jnp.zeros(3, jnp.uint32)
     with pytest.raises(TypeError, match="must be uint32 scalars"):
-        fn.layers.threefry2x32_hash(jnp.uint32(1), jnp.uint32(2), words.astype(jnp.int32), words)
+        fn.cpu.threefry2x32_hash(jnp.uint32(1), jnp.uint32(2), words.astype(jnp.int32), words)
     with pytest.raises(TypeError, match="must be uint32 scalars"):
-        fn.layers.threefry2x32_hash(words, jnp.uint32(2), words, words)
+        fn.cpu.threefry2x32_hash(words, jnp.uint32(2), words, words)
     with pytest.raises(ValueError, match="x0 and x1 must have the same shape"):
-        fn.layers.threefry2x32_hash(jnp.uint32(1), jnp.uint32(2), words, words[:2])
+        fn.cpu.threefry2x32_hash(jnp.uint32(1), jnp.uint32(2), words, words[:2])
 
 
 def test_uniform_draws_rejects_a_non_key():
