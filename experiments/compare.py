@@ -33,7 +33,7 @@ import numpy as np
 
 from experiments import plots, tutorial as common
 from funcnets.data import DatasetNotFoundError
-from funcnets.fit import read_metrics
+from funcnets.metrics import read_metrics
 
 EXPERIMENTS = ("mnist_mlp", "mnist_cnn", "mastering_cnn", "cifar10_cnn", "simple_net")
 COLUMNS = ("train_loss", "train_accuracy", "test_loss", "test_accuracy", "epoch_seconds",

@@ -27,7 +27,7 @@ import optax
 
 import funcnets as fn
 from experiments import plots, tutorial as common
-from funcnets.fit import read_metrics
+from funcnets.metrics import read_metrics
 
 # name, torch.optim arguments: the learning rates the tutorials and PyTorch's docs use for these nets
 OPTIMIZERS = (
@@ -115,8 +115,8 @@ def main(argv: list[str] | None = None) -> pathlib.Path:
         metrics_path = out / "runs" / f"{label.replace(' ', '_').lower()}.jsonl"
         _, history = fn.fit(state, (data.train_images, data.train_labels), (data.test_images, data.test_labels),
                             epochs=args.epochs, batch_size=args.batch_size, rng=common.data_key(args.seed),
-                            test_batch_size=args.test_batch_size, metrics_path=metrics_path,
-                            learning_rate=kwargs["lr"], progress=False, step_losses=True)
+                            test_batch_size=args.test_batch_size,
+                            report=fn.loop.Report(metrics_path=metrics_path, progress=False, step_losses=True))
         curves[label] = plots.step_losses(read_metrics(metrics_path))
         last = history[-1]
         rows.append({"optimizer": label, "torch": f"torch.optim.{name}", **kwargs,

@@ -1,4 +1,4 @@
-"""Figures from metrics records (`funcnets.fit.read_metrics`), drawn with matplotlib.
+"""Figures from metrics records (`funcnets.metrics.read_metrics`), drawn with matplotlib.
 
 Figures are ``matplotlib.figure.Figure`` objects rendered by the Agg canvas, not
 pyplot: nothing here changes matplotlib's global backend or figure registry.
@@ -34,15 +34,24 @@ def _smooth(values: np.ndarray, width: int) -> np.ndarray:
 
 def preload() -> threading.Thread:
     """Import matplotlib's figure and Agg canvas in a daemon thread (started; returned)."""
-    thread = threading.Thread(target=_figure_class, name="funcnets-plots-preload", daemon=True)
+    thread = threading.Thread(target=_preload, name="funcnets-plots-preload", daemon=True)
     thread.start()
     return thread
 
 
-def _figure_class():
-    from matplotlib.backends.backend_agg import FigureCanvasAgg  # noqa: F401 (Figure.savefig uses it)
-    from matplotlib.figure import Figure
+def _preload() -> None:
+    try:
+        _figure_class()
+    except ImportError:
+        pass   # said when a figure is drawn
 
+
+def _figure_class():
+    try:
+        from matplotlib.backends.backend_agg import FigureCanvasAgg  # noqa: F401 (Figure.savefig uses it)
+        from matplotlib.figure import Figure
+    except ImportError as error:
+        raise ImportError("the figures need matplotlib: pip install -e '.[plot]'") from error
     return Figure
 
 

@@ -6,7 +6,7 @@
 Two changes make it comparable with funcnets step by step, and no others:
 - the ``DataLoader``'s sampler replays funcnets' epoch order
   (`experiments.tutorial.epoch_orders`), so both frameworks see the same batches;
-- it writes funcnets' metrics records (`funcnets.fit.MetricsLog`), with each
+- it writes funcnets' metrics records (`funcnets.metrics.MetricsLog`), with each
   step's loss, and times the training loop apart from the test pass.
 
 The nets are `funcnets.torch_models`, the twins of the JAX models.
@@ -24,7 +24,7 @@ import torch
 from torch.utils.data import DataLoader, Sampler, TensorDataset
 
 from funcnets import torch_models
-from funcnets.fit import MetricsLog, epoch_line
+from funcnets.metrics import MetricsLog, epoch_line
 from funcnets.parity import OptimizerSpec
 
 

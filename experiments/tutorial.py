@@ -14,7 +14,7 @@ An experiment script is a `Tutorial` (the settings the tutorial publishes) and
 - for JAX, keeps compiled steps in JAX's persistent compilation cache
   (`compile_cache`, ``--compile-cache``), so a later run loads them;
 - writes the metrics file of `funcnets.fit` (the PyTorch side writes the same
-  records through `funcnets.fit.MetricsLog`), a plot of it next to it
+  records through `funcnets.metrics.MetricsLog`), a plot of it next to it
   (``<stem>.png``) and a summary (``<stem>.summary.json``).
 """
 
@@ -41,7 +41,8 @@ import numpy as np
 
 import funcnets as fn
 from funcnets.data import DatasetNotFoundError
-from funcnets.fit import MetricsLog, read_metrics, steps_per_epoch
+from funcnets.loop import steps_per_epoch
+from funcnets.metrics import MetricsLog, read_metrics
 from funcnets.training import epoch_order
 
 FRAMEWORKS = ("jax", "torch")
@@ -402,9 +403,10 @@ def run_jax(tutorial: Tutorial, args, data: RunData, metrics_path: pathlib.Path,
     lead = is_lead_process()  # one process writes the metrics and prints
     fit_args = dict(epochs=args.epochs, batch_size=args.batch_size, rng=data_key(args.seed),
                     test_batch_size=args.test_batch_size, log_every=args.log_interval,
-                    metrics_path=metrics_path if lead else None, learning_rate=lr,
-                    progress=lead and not args.no_progress, step_losses=True,
-                    log=log if lead else (lambda line: None), mesh=mesh)
+                    report=fn.loop.Report(metrics_path=metrics_path if lead else None,
+                                          progress=lead and not args.no_progress, log=log if lead else None,
+                                          step_losses=True),
+                    mesh=mesh)
     train = (data.train_images, data.train_labels)
     test = (data.test_images, data.test_labels)
     if checkpoint_dir is None:
@@ -417,9 +419,10 @@ def run_jax(tutorial: Tutorial, args, data: RunData, metrics_path: pathlib.Path,
                   "batch_size": args.batch_size, "optimizer": args.optimizer, "lr": args.lr, "gamma": args.gamma}
         with fn.checkpoint.Checkpointer(checkpoint_dir, save_every_steps=args.save_every_steps,
                                         save_every_seconds=CHECKPOINT_SECONDS, save_every_epoch=True,
-                                        config=config, barrier_timeout_s=BARRIER_TIMEOUT_S) as checkpointer:
+                                        config=config, barrier_timeout_s=BARRIER_TIMEOUT_S,
+                                        resume=args.resume) as checkpointer:
             try:
-                state, history = fn.fit(state, train, test, checkpointer=checkpointer, resume=args.resume,
+                state, history = fn.fit(state, train, test, checkpointer=checkpointer,
                                         **fit_args)
             except fn.parallel.PeerLostError as error:
                 stop_after_lost_process(error, args)   # before the checkpointer waits on the lost process
@@ -606,8 +609,11 @@ def main(tutorial: Tutorial, argv: list[str] | None = None) -> dict:
     records = read_metrics(metrics_path)
     summary = summarize(tutorial, args, data, args.framework, records, cache)
     companion(metrics_path, ".summary.json").write_text(json.dumps(summary, indent=2) + "\n")
-    plot = plots.plot_run(records, companion(metrics_path, ".png"),
-                          title=f"{tutorial.name} ({args.framework}, {data.dataset})")
+    try:
+        plot = plots.plot_run(records, companion(metrics_path, ".png"),
+                              title=f"{tutorial.name} ({args.framework}, {data.dataset})")
+    except ImportError as error:
+        plot = f"skipped ({error})"
     print(f"Test accuracy: {100 * summary['test_accuracy']:.2f}% ({args.framework}, {data.dataset}, "
           f"{summary['epochs']} epochs; steady epoch {summary['epoch_seconds']:.2f}s)"
           + (f"; with dropout active, as the tutorial tested: {100 * summary['test_accuracy_dropout_on']:.2f}%"

@@ -3,24 +3,29 @@
 >>> import jax, funcnets as fn
 >>> model = fn.models.get("mnist_mlp")
 >>> state = fn.create_train_state(model, fn.optim.sgd(lr=0.01), jax.random.key(0))
+>>> int(state.step), sorted(state.params)
+(0, ['linear1', 'linear2'])
 
-Modules: `models` (the nets), `layers` (their pieces and init), `losses`, `data` (with
-`download`: the published files, checksummed; `imagefolder`: class-folder trees),
-`optim` (PyTorch's optimizers on Optax), `checkpoint` (Orbax), `fit` (the loop), `interop` (PyTorch state dicts),
-`parallel` (data-parallel over devices and hosts), `host_memory` (malloc settings for CPU steps),
-`torch_models` (the PyTorch twins; needs torch).
+Modules: `models` (the nets), `layers` (their pieces and init), `losses`,
+`optim` (PyTorch's optimizers on Optax), `training` (state, step, epoch),
+`loop` (`fit`), `metrics` (what a run reports), `checkpoint` (Orbax), `data`
+(with `download`: the published files, checksummed; `imagefolder`:
+class-folder trees), `interop` (PyTorch state dicts), `parallel` (devices and
+processes), `cpu` (the CPU backend's fast paths), `host_memory` (an opt-in
+malloc setting for CPU steps), `keys`. `torch_models` and `parity` need torch;
+importing funcnets never imports it.
 """
 
-from funcnets import (checkpoint, cpu, data, download, host_memory, imagefolder, interop, layers, losses, models, optim,
-                      parallel)
-from funcnets.fit import NonFiniteLossError, fit
+from funcnets import (checkpoint, cpu, data, download, host_memory, imagefolder, interop, keys, layers, loop, losses,
+                      metrics, models, optim, parallel, training)
+from funcnets.loop import NonFiniteLossError, fit
 from funcnets.training import (TrainState, create_train_state, eval_step, evaluate, make_eval_step,
                                make_train_step, train_epoch, train_step)
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "NonFiniteLossError", "TrainState", "checkpoint", "cpu", "create_train_state", "fit", "data", "download", "eval_step",
-    "evaluate", "host_memory", "imagefolder", "interop", "layers",
-    "losses", "make_eval_step", "make_train_step", "models", "optim", "parallel", "train_epoch", "train_step",
+    "NonFiniteLossError", "TrainState", "checkpoint", "cpu", "create_train_state", "data", "download", "eval_step",
+    "evaluate", "fit", "host_memory", "imagefolder", "interop", "keys", "layers", "loop", "losses", "make_eval_step",
+    "make_train_step", "metrics", "models", "optim", "parallel", "train_epoch", "train_step", "training",
 ]

@@ -1,6 +1,6 @@
 """Checkpoints on Orbax's ``CheckpointManager``, with what an exact resume needs.
 
->>> ckpt = fn.checkpoint.Checkpointer("checkpoints/my_run", save_every_steps=500)   # doctest: +SKIP
+>>> ckpt = fn.checkpoint.Checkpointer("checkpoints/my_run", save_every_steps=500, resume=True)  # doctest: +SKIP
 >>> ckpt.save(state, fn.checkpoint.Progress(epoch=0, position=500))                 # doctest: +SKIP
 >>> state, progress = ckpt.restore_latest(state)                                    # doctest: +SKIP
 
@@ -84,7 +84,9 @@ def _snapshot(state: TrainState) -> dict[str, Any]:
 class Checkpointer:
     """Saves every ``save_every_steps`` optimizer steps, every ``save_every_seconds``
     seconds and/or at every epoch's end (whichever come first), keeps the last
-    ``max_to_keep``; ``config`` (JSON-able) is saved with each.
+    ``max_to_keep``; ``config`` (JSON-able) is saved with each. ``resume``:
+    `funcnets.fit` starts from the newest complete checkpoint here, if any (the
+    metrics file is cut back to its step).
 
     In a multi-process run every process calls the same methods at the same
     steps (`funcnets.fit` does); Orbax writes each process's part, process 0
@@ -95,7 +97,8 @@ class Checkpointer:
 
     def __init__(self, directory: str | os.PathLike, *, save_every_steps: int | None = None,
                  save_every_seconds: float | None = None, save_every_epoch: bool = True,
-                 max_to_keep: int = 3, config: dict | None = None, barrier_timeout_s: int | None = None):
+                 max_to_keep: int = 3, config: dict | None = None, barrier_timeout_s: int | None = None,
+                 resume: bool = False):
         if save_every_steps is not None and (not isinstance(save_every_steps, int) or save_every_steps < 1):
             raise ValueError(f"save_every_steps must be a positive integer or None, got {save_every_steps!r}")
         if save_every_seconds is not None and not (isinstance(save_every_seconds, (int, float))
@@ -109,6 +112,7 @@ class Checkpointer:
         self.save_every_steps = save_every_steps
         self.save_every_seconds = save_every_seconds
         self.save_every_epoch = save_every_epoch
+        self.resume = bool(resume)
         self.config = dict(config or {})
         self._last_saved_step: int | None = None
         self._last_saved_time = time.monotonic()

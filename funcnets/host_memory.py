@@ -17,9 +17,8 @@ conv2 takes 42 MiB for its forward pass and weight gradient), so from that
 thread's arena. A thread arena grows in heaps of at most 64 MiB, and glibc
 unmaps a heap as soon as it is all free, whatever the thresholds, unless the
 top pad is as large as a heap (``heap_trim``): in some processes every step
-mapped a fresh heap and faulted its pages in, 500-8,600 faults a step, and
-``mnist_cnn``'s step took 40.8-52.5 ms across 10 processes (median 45.2)
-against 40.3-43.9 ms (median 41.0, every process fault-free) with the pad.
+mapped a fresh heap and faulted its pages in, 500-8,600 faults a step
+(docs/performance.md has the measurements).
 
 `reuse_freed_blocks` sets all three with glibc's ``mallopt``::
 
@@ -28,18 +27,17 @@ against 40.3-43.9 ms (median 41.0, every process fault-free) with the pad.
     top pad          64 MiB   a thread arena keeps its heaps; the heap grows
                               by this much more address space than it needs
 
-so steady-state steps reuse the same pages and fault almost never
-(``mnist_cnn``: 89 -> 63 s per epoch on 2 cores with the thresholds; README,
-Speed). The cost: up to 256 MiB of freed memory stays with the main heap
+so steady-state steps reuse the same pages and fault almost never. The cost: up to 256 MiB of freed memory stays with the main heap
 instead of going back to the system, and memory a worker thread freed stays
 in its arena (the pad itself is address space, not memory: pages are only
 resident once written). Blocks over 128 MiB, such as a whole 60,000-image
 MNIST split (180 MiB as float32), are still mapped and unmapped on their own,
-so a dataset's copies do not linger. (At a 256 MiB mmap threshold they did:
-the MLP benchmark's peak resident memory grew from 1.3 to 1.6 GB.)
+so a dataset's copies do not linger.
 
-funcnets calls it once, the first time it runs a jitted program on the CPU
-(`funcnets.training`). It leaves ``malloc`` as it is when:
+The setting is process-wide, so nothing in funcnets makes it behind your
+back: call `reuse_freed_blocks` yourself (the experiment scripts, the
+benchmark and the profiler do, on the CPU, and print the setting). It leaves
+``malloc`` as it is when:
 
 - ``FUNCNETS_HOST_MALLOC=system`` is set (the opt-out; ``reuse``, or the
   variable unset, is the default, and any other value is an error);

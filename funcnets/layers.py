@@ -36,9 +36,9 @@ import jax.extend.random as jax_random
 import jax.numpy as jnp
 import numpy as np
 
-from funcnets import cpu
+from funcnets import cpu, keys
 
-Params = dict[str, jax.Array]
+LayerParams = dict[str, jax.Array]   # one layer's: {"kernel", "bias"}
 
 
 def param_count(spec: Layer) -> int:
@@ -46,7 +46,7 @@ def param_count(spec: Layer) -> int:
     return sum(math.prod(shape) for shape in spec.param_shapes.values())
 
 
-def init_from_unit(spec: Layer, unit: jax.Array) -> Params:
+def init_from_unit(spec: Layer, unit: jax.Array) -> LayerParams:
     """PyTorch's default init of ``spec`` from ``param_count(spec)`` draws of
     ``U[0, 1)`` (``unit``, 1-D): each param, in `param_shapes` order (kernel,
     then bias), takes the next ``prod(shape)`` draws ``u`` as ``max(-b, 2b*u - b)``
@@ -67,7 +67,7 @@ def split_sizes(unit: jax.Array, sizes: list[int]) -> list[jax.Array]:
     return jnp.split(unit, np.cumsum(sizes)[:-1])
 
 
-def torch_default_init(spec: Layer, key: jax.Array, dtype=jnp.float32) -> Params:
+def torch_default_init(spec: Layer, key: jax.Array, dtype=jnp.float32) -> LayerParams:
     """``spec``'s params drawn as PyTorch's ``reset_parameters`` does (module
     docstring), from one ``jax.random.uniform`` draw (`init_from_unit`)."""
     return init_from_unit(spec, jax.random.uniform(key, (param_count(spec),), dtype))
@@ -98,7 +98,7 @@ class Linear(NamedTuple):
     def param_shapes(self) -> dict[str, tuple[int, ...]]:
         return {"kernel": (self.in_features, self.out_features), "bias": (self.out_features,)}
 
-    def init(self, key: jax.Array, dtype=jnp.float32) -> Params:
+    def init(self, key: jax.Array, dtype=jnp.float32) -> LayerParams:
         return torch_default_init(self, key, dtype)
 
     def kernel_from_torch(self, weight: np.ndarray) -> np.ndarray:
@@ -143,7 +143,7 @@ class Conv2d(NamedTuple):
         k = self.kernel_size
         return {"kernel": (k, k, self.in_channels, self.out_channels), "bias": (self.out_channels,)}
 
-    def init(self, key: jax.Array, dtype=jnp.float32) -> Params:
+    def init(self, key: jax.Array, dtype=jnp.float32) -> LayerParams:
         return torch_default_init(self, key, dtype)
 
     def kernel_from_torch(self, weight: np.ndarray) -> np.ndarray:
@@ -228,12 +228,12 @@ def output_shape(spec, shape: tuple[int, ...]) -> tuple[int, ...]:
     raise TypeError(f"not a funcnets layer: {spec!r}")
 
 
-def linear(params: Params, x: jax.Array) -> jax.Array:
+def linear(params: LayerParams, x: jax.Array) -> jax.Array:
     """``(B, in) -> (B, out)``: ``x @ kernel + bias``."""
     return x @ params["kernel"] + params["bias"][None, :]
 
 
-def conv2d(params: Params, x: jax.Array, stride: int = 1, padding: int = 0) -> jax.Array:
+def conv2d(params: LayerParams, x: jax.Array, stride: int = 1, padding: int = 0) -> jax.Array:
     """``(B, H, W, Cin) -> (B, Ho, Wo, Cout)``: cross-correlation, as PyTorch::
 
         y[b, h, w, o] = bias[o] + sum_{i, j, c} xp[b, s*h + i, s*w + j, c] * kernel[i, j, c, o]
@@ -258,12 +258,10 @@ def max_pool2d(x: jax.Array, size: int = 2) -> jax.Array:
     Forward: the max of each ``size x size`` window, read as a reshape to
     ``(B, H//size, size, W//size, size, C)`` (rows and columns past the last
     whole window are dropped, as PyTorch floors) and taken as an elementwise
-    ``maximum`` of the ``size**2`` window positions (XLA:CPU runs that 5x
-    faster than a reduction over the two window axes). Backward, as
-    PyTorch's: each window's gradient goes to its *first* maximum in row-major
-    order; ties get nothing more. (JAX's own ``reduce_window`` gradient, a select-and-scatter,
-    is 1.5x slower for the whole MNIST CNN step on CPU; ``jnp.max``'s would
-    split ties evenly.)
+    ``maximum`` of the ``size**2`` window positions. Backward, as PyTorch's,
+    on every backend: each window's gradient goes to its *first* maximum in
+    row-major order; ties get nothing more (``jnp.max``'s gradient would split
+    ties evenly).
     """
     return _max_pool(x, size)
 
@@ -340,15 +338,6 @@ def dropout2d_from_unit(x: jax.Array, rate: float, unit: jax.Array) -> jax.Array
     return jnp.where(keep, x / (1.0 - rate), jnp.zeros_like(x))
 
 
-def check_key(key, argument: str) -> None:
-    """TypeError, naming ``argument``, unless ``key`` is a PRNG key
-    (``jax.random.key``) or a legacy ``uint32[2]`` one (``jax.random.PRNGKey``)."""
-    if not isinstance(key, jax.Array) or not (
-            jnp.issubdtype(key.dtype, jax.dtypes.prng_key)
-            or (key.dtype == jnp.uint32 and key.shape == (2,))):
-        raise TypeError(f"{argument} must be a PRNG key such as jax.random.key(0), got {key!r}")
-
-
 def uniform_draws(rng: jax.Array, n: int) -> jax.Array:
     """``n`` float32 draws of ``U[0, 1)`` from ``rng``, for dropout masks.
 
@@ -361,7 +350,7 @@ def uniform_draws(rng: jax.Array, n: int) -> jax.Array:
     (``rbg``) use ``jax.random.uniform``. The draws depend only on ``rng`` and
     ``n``, not on the backend or on how the arrays are sharded.
     """
-    check_key(rng, "uniform_draws: rng")
+    keys.check_key(rng, "uniform_draws: rng")
     if not isinstance(n, (int, np.integer)) or isinstance(n, bool) or n < 0:
         raise ValueError(f"uniform_draws: n must be a non-negative integer, got {n!r}")
     if str(jax.random.key_impl(rng)) != "threefry2x32":

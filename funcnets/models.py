@@ -28,7 +28,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from funcnets import layers
+from funcnets import keys, layers
 
 Params = dict[str, dict[str, jax.Array]]
 Forward = Callable[..., jax.Array]
@@ -83,7 +83,7 @@ class Model:
         model and dtype (XLA:CPU compiles each random draw on its own, about
         0.4 s apiece). A model of one's own (`from_flax`, `from_functions`)
         runs its own ``init_fn(key)``, its floating params cast to ``dtype``."""
-        layers.check_key(key, "key")
+        keys.check_key(key, "key")
         if self.init_fn is not None:
             return _init_custom(self, key, jnp.dtype(dtype))
         return _init_params(self, key, jnp.dtype(dtype))

@@ -81,6 +81,39 @@ def learning_rate_at(lr: ScalarOrSchedule, count):
     return lr(count) if callable(lr) else lr
 
 
+def _lr_in_state(lr) -> optax.GradientTransformation:   # noqa: ARG001 (the name is the state's key)
+    return optax.identity()
+
+
+def expose_learning_rate(lr: ScalarOrSchedule) -> optax.GradientTransformation:
+    """A link that changes no update and keeps ``lr`` in the optimizer state, as
+    Optax does for any hyperparameter (``optax.inject_hyperparams``): after a
+    step, ``opt_state``'s ``hyperparams["lr"]`` is the rate that step used (a
+    schedule evaluated at its count). Every optimizer here ends with it; read
+    it with `learning_rate`."""
+    return optax.inject_hyperparams(_lr_in_state)(lr=lr)
+
+
+def learning_rate(opt_state) -> jax.Array | None:
+    """The learning rate in ``opt_state`` (`expose_learning_rate`): the last step's,
+    or before any step the first one's; None for an optimizer that does not keep it.
+
+    >>> import jax.numpy as jnp, funcnets as fn
+    >>> tx = fn.optim.sgd(lr=0.01)
+    >>> float(fn.optim.learning_rate(tx.init({"w": jnp.zeros(3)})))
+    0.01
+    """
+    hyperparams = getattr(opt_state, "hyperparams", None)   # Optax's InjectHyperparamsState
+    if isinstance(hyperparams, dict) and "lr" in hyperparams:
+        return jnp.asarray(hyperparams["lr"])
+    if isinstance(opt_state, (tuple, list)):
+        for part in opt_state:
+            found = learning_rate(part)
+            if found is not None:
+                return found
+    return None
+
+
 def _prologue(maximize: bool, weight_decay: float) -> list[optax.GradientTransformation]:
     """PyTorch's gradient preamble: negate for ``maximize``, then add L2 ``wd * p``."""
     steps = []
@@ -157,15 +190,10 @@ def scale_by_adadelta(rho: float = 0.9, eps: float = 1e-6) -> optax.GradientTran
         d_t = sqrt(u_{t-1} + eps) / sqrt(v_t + eps) * g_t                  (the update)
         u_t = rho u_{t-1} + (1 - rho) (u_{t-1} + eps) / (v_t + eps) g_t^2   (= ... d_t^2)
 
-    the same numbers up to rounding (in float64, 200 steps of ``mnist_mlp`` end
-    1.1e-14 from ``torch.optim.Adadelta``'s params; tests). Why: when ``u_t``
-    squares ``d_t``, both outputs share the two square roots, and XLA:CPU,
-    which does not duplicate a square root into two fusions, writes each one
-    to an array of its own and reads it twice: five passes over
-    ``mnist_cnn``'s 1.2M ``fc1`` weights instead of three. The two-core step
-    went from 54.6 to 50.5 ms (105.9 -> 98.0 core-ms; interleaved A/B,
-    medians of 29 windows; in a later A/B 47.6 -> 46.6 ms), the one-thread
-    step from 80.1 to 78.7 ms.
+    the same numbers up to rounding (float64 parity with ``torch.optim.Adadelta``
+    is tested). Why: when ``u_t`` squares ``d_t``, both outputs share two square
+    roots, which XLA:CPU writes to arrays of their own and reads twice; this
+    form is three passes over the params instead of five (docs/performance.md).
     """
 
     _require(0.0 <= rho <= 1.0, f"Invalid rho value: {rho}")
@@ -270,7 +298,7 @@ def sgd(lr: ScalarOrSchedule = 1e-3, momentum: float = 0.0, dampening: float = 0
         else:
             steps.append(trace_with_dampening(momentum, dampening))
     steps.append(optax.scale_by_learning_rate(lr))
-    return optax.chain(*steps)
+    return optax.chain(*steps, expose_learning_rate(lr))
 
 
 def adagrad(lr: ScalarOrSchedule = 1e-2, lr_decay: float = 0.0, weight_decay: float = 0.0,
@@ -296,7 +324,7 @@ def adagrad(lr: ScalarOrSchedule = 1e-2, lr_decay: float = 0.0, weight_decay: fl
             return learning_rate_at(lr, count) / (1 + count * lr_decay)
     return optax.chain(*_prologue(maximize, weight_decay),
                        scale_by_sum_of_squares(initial_accumulator_value, eps),
-                       optax.scale_by_learning_rate(rate))
+                       optax.scale_by_learning_rate(rate), expose_learning_rate(rate))
 
 
 def adadelta(lr: ScalarOrSchedule = 1.0, rho: float = 0.9, eps: float = 1e-6,
@@ -317,7 +345,7 @@ def adadelta(lr: ScalarOrSchedule = 1.0, rho: float = 0.9, eps: float = 1e-6,
     _require(weight_decay >= 0.0, f"Invalid weight_decay value: {weight_decay}")
     return optax.chain(*_prologue(maximize, weight_decay),
                        scale_by_adadelta(rho=rho, eps=eps),   # checks rho and eps
-                       optax.scale_by_learning_rate(lr))
+                       optax.scale_by_learning_rate(lr), expose_learning_rate(lr))
 
 
 def rmsprop(lr: ScalarOrSchedule = 1e-2, alpha: float = 0.99, eps: float = 1e-8,
@@ -346,7 +374,7 @@ def rmsprop(lr: ScalarOrSchedule = 1e-2, alpha: float = 0.99, eps: float = 1e-8,
     if momentum > 0:
         steps.append(optax.trace(decay=momentum))
     steps.append(optax.scale_by_learning_rate(lr))
-    return optax.chain(*steps)
+    return optax.chain(*steps, expose_learning_rate(lr))
 
 
 def _check_adam(lr, betas, eps, weight_decay) -> tuple[float, float]:
@@ -366,7 +394,8 @@ def adam(lr: ScalarOrSchedule = 1e-3, betas: tuple[float, float] = (0.9, 0.999),
     gradient preamble, so ``weight_decay`` is L2 added to the gradient, as
     PyTorch does (not decoupled: that is `adamw`)."""
     b1, b2 = _check_adam(lr, betas, eps, weight_decay)
-    return optax.chain(*_prologue(maximize, weight_decay), adam_update(lr, b1, b2, eps, amsgrad))
+    return optax.chain(*_prologue(maximize, weight_decay), adam_update(lr, b1, b2, eps, amsgrad),
+                       expose_learning_rate(lr))
 
 
 def adamw(lr: ScalarOrSchedule = 1e-3, betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8,
@@ -383,7 +412,7 @@ def adamw(lr: ScalarOrSchedule = 1e-3, betas: tuple[float, float] = (0.9, 0.999)
     steps.append(adam_update(lr, b1, b2, eps, amsgrad))
     if weight_decay != 0:
         steps.append(optax.add_decayed_weights(lambda count: -learning_rate_at(lr, count) * weight_decay))
-    return optax.chain(*steps)
+    return optax.chain(*steps, expose_learning_rate(lr))
 
 
 _OPTIMIZERS: dict[str, Callable[..., optax.GradientTransformation]] = {

@@ -5,7 +5,7 @@ A run is described without torch: an initial ``state_dict`` in PyTorch's layout
 stream (`synthetic_batches`), and an optimizer spec (`OptimizerSpec`). The
 same description trains funcnets (`jax_curve`) and PyTorch (`torch_curve`,
 which imports torch), so their loss curves can be compared step by step, or
-against curves recorded earlier (``experiments/reference_curves.py``).
+against curves recorded earlier (``experiments/tools/reference_curves.py``).
 """
 
 from __future__ import annotations

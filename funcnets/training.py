@@ -26,31 +26,45 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 from flax import struct
-from flax.training import train_state
 from jax.sharding import Mesh
 
-from funcnets import cpu, layers, losses, parallel
+from funcnets import cpu, keys, layers, losses, optim, parallel
 from funcnets.models import Model, Params
 
 Batch = tuple[Any, Any]
 Metrics = dict[str, jax.Array]
 
 
-class TrainState(train_state.TrainState):
-    """Flax's ``TrainState`` (``step``, ``params``, ``opt_state``, static
-    ``apply_fn`` and ``tx``) plus:
+class TrainState(struct.PyTreeNode):
+    """What a training step reads and returns (a pytree; the static fields ride
+    along as metadata, so the step compiles once per model and optimizer).
 
+    step: the number of optimizer steps taken (int32 scalar).
+    params: the model's params (nested dicts of arrays).
+    opt_state: ``tx``'s state.
     rng: PRNG key for dropout. Step ``t`` draws its masks from
       ``fold_in(rng, t)``, so the key never changes and a run restarted from a
       saved state draws the same masks as one that never stopped.
+    tx: the ``optax.GradientTransformation`` (static).
     model: the `funcnets.models.Model` (static).
     compute_dtype: None (compute in the params' dtype), or the dtype of
       mixed-precision compute, e.g. ``jnp.bfloat16`` (static; see `create_train_state`).
     """
 
+    step: jax.Array
+    params: Params
+    opt_state: optax.OptState
     rng: jax.Array
+    tx: optax.GradientTransformation = struct.field(pytree_node=False)
     model: Model = struct.field(pytree_node=False)
     compute_dtype: Any = struct.field(pytree_node=False, default=None)
+
+    def apply_gradients(self, *, grads: Params) -> "TrainState":
+        """``updates, opt_state = tx.update(grads, opt_state, params)``;
+        ``params + updates``; ``step + 1``."""
+        updates, opt_state = self.tx.update(grads, self.opt_state, self.params)
+        return self.replace(step=self.step + 1, params=optax.apply_updates(self.params, updates),
+                            opt_state=opt_state)
 
 
 def create_train_state(model: Model, tx: optax.GradientTransformation, key: jax.Array, *,
@@ -72,7 +86,7 @@ def create_train_state(model: Model, tx: optax.GradientTransformation, key: jax.
     if not isinstance(tx, optax.GradientTransformation):
         raise TypeError(f"tx must be an optax.GradientTransformation (e.g. funcnets.optim.sgd(lr=0.01)), "
                         f"got {type(tx).__name__}")
-    layers.check_key(key, "key")
+    keys.check_key(key, "key")
     if not jnp.issubdtype(key.dtype, jax.dtypes.prng_key):
         key = jax.random.wrap_key_data(key)
     if compute_dtype is not None:
@@ -84,9 +98,8 @@ def create_train_state(model: Model, tx: optax.GradientTransformation, key: jax.
         params = model.init(init_key, dtype)
     else:
         _check_params(model, params)
-    return TrainState(step=jnp.zeros((), jnp.int32), apply_fn=model.apply, params=params, tx=tx,
-                      opt_state=tx.init(params), rng=dropout_key, model=model,
-                      compute_dtype=compute_dtype)
+    return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params), rng=dropout_key,
+                      tx=tx, model=model, compute_dtype=compute_dtype)
 
 
 def _check_params(model: Model, params) -> None:
@@ -292,24 +305,30 @@ def uses_scan(model: Model) -> bool:
     return not cpu.scan_is_slow(_has_conv(model))
 
 
+def _step_on_rows(state, images, labels, rows, loss_fn):
+    """`apply_step` on the examples ``rows``; the metrics add ``"lr"``, the rate the
+    step used, when the optimizer keeps it (`funcnets.optim.learning_rate`)."""
+    state, metrics = apply_step(state, images[rows], labels[rows], loss_fn)
+    lr = optim.learning_rate(state.opt_state)
+    return state, metrics if lr is None else {**metrics, "lr": lr}
+
+
 @functools.partial(_jit_per_model, static_argnames=("loss_fn",), donate_argnums=(0,))
 def _scan_steps(state, images, labels, index, loss_fn=None):
-    def body(carry, rows):
-        return apply_step(carry, images[rows], labels[rows], loss_fn)
-
-    return jax.lax.scan(body, state, index)
+    return jax.lax.scan(lambda carry, rows: _step_on_rows(carry, images, labels, rows, loss_fn), state, index)
 
 
 @functools.partial(_jit_per_model, static_argnames=("loss_fn",), donate_argnums=(0,))
 def _indexed_step(state, images, labels, rows, loss_fn=None):
-    return apply_step(state, images[rows], labels[rows], loss_fn)
+    return _step_on_rows(state, images, labels, rows, loss_fn)
 
 
 def run_steps(state: TrainState, images: jax.Array, labels: jax.Array, index: jax.Array, *,
               loss_fn: losses.LossFn | None = None, scan: bool | None = None,
               mesh: Mesh | None = None) -> tuple[TrainState, Metrics]:
     """``index.shape[0]`` training steps, step ``k`` on the examples ``index[k]``
-    of the device-resident ``images``/``labels``; metrics stacked per step.
+    of the device-resident ``images``/``labels``; metrics stacked per step
+    (``"loss"``, ``"accuracy"``, and ``"lr"`` when the optimizer keeps it).
 
     The input state is donated (its buffers are reused): use the returned one.
     ``scan`` (default `uses_scan`) picks one ``lax.scan`` program or a jitted
@@ -334,9 +353,11 @@ def run_steps(state: TrainState, images: jax.Array, labels: jax.Array, index: ja
     return state, jax.tree.map(lambda *m: jnp.stack(m), *history)
 
 
-def _device_split(state: TrainState, images, labels, batch_size: int, argument: str = "batch_size",
+def device_split(state: TrainState, images, labels, batch_size: int, argument: str = "batch_size",
                   mesh: Mesh | None = None):
-    """The split checked and put on the device once (on every device of ``mesh``)."""
+    """``(images, labels)`` checked (`batch_size` a positive integer, the images the
+    model's, integer class labels) and put on the device once, or replicated on
+    every device of ``mesh``; ``argument`` names the batch size in errors."""
     if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
         raise ValueError(f"{argument} must be a positive integer, got {batch_size!r}")
     images, labels = _check_batch(state, (images, labels), class_labels=True)
@@ -360,7 +381,8 @@ def train_epoch(state: TrainState, images, labels, *, batch_size: int, rng: jax.
     Batches follow ``epoch_order(n, rng)`` as ``DataLoader(batch_size, shuffle,
     drop_last)`` would cut them: ``ceil(n / batch_size)`` steps, the last one
     smaller, unless ``drop_last``. Returns the new state and per-step
-    ``{"loss", "accuracy"}`` arrays. The input state is donated.
+    ``{"loss", "accuracy"}`` arrays (and ``"lr"``, as `run_steps`). The input
+    state is donated.
 
     ``mesh`` (`funcnets.parallel.data_mesh`): data-parallel over its devices,
     the same batches as on one device; ``batch_size`` must divide by the
@@ -368,9 +390,9 @@ def train_epoch(state: TrainState, images, labels, *, batch_size: int, rng: jax.
     """
     if mesh is not None:
         parallel.check_batch_size(batch_size, mesh)
-    images, labels = _device_split(state, images, labels, batch_size, mesh=mesh)
+    images, labels = device_split(state, images, labels, batch_size, mesh=mesh)
     if rng is not None:
-        layers.check_key(rng, "rng")
+        keys.check_key(rng, "rng")
     state = place_state(state, mesh)
     history = []
     for index in batch_index(epoch_order(images.shape[0], rng), batch_size, drop_last):
@@ -417,7 +439,7 @@ def evaluate(state: TrainState, images, labels, *, batch_size: int = 1000,
     Without a ``mesh``, the whole split is one program; with one, batches that
     divide by its device count are split over it.
     """
-    images, labels = _device_split(state, images, labels, batch_size, mesh=mesh)
+    images, labels = device_split(state, images, labels, batch_size, mesh=mesh)
     state = place_state(state, mesh)
     n = images.shape[0]
     if mesh is None:

@@ -119,8 +119,8 @@ def test_fit_on_a_mesh_matches_one_device(tmp_path):
         mesh = fn.parallel.data_mesh(jax.devices()[:count])
         state = _fresh(model, fn.optim.sgd(lr=0.01), np.float32)
         state, histories[count] = fn.fit(state, train, test, epochs=2, batch_size=batch_size, rng=jax.random.key(2),
-                                         log_every=3, progress=False, log=lambda line: None, mesh=mesh,
-                                         metrics_path=tmp_path / f"{count}.jsonl")
+                                         log_every=3, mesh=mesh,
+                                         report=fn.loop.Report.silent(tmp_path / f"{count}.jsonl"))
     for one, eight in zip(histories[1], histories[8]):
         assert eight["loss"] == pytest.approx(one["loss"], abs=1e-6)
         assert eight["test_accuracy"] == one["test_accuracy"]

@@ -39,7 +39,7 @@ def fit_split():
 
 def fit_run(state, mesh=None):
     state, history = fn.fit(state, fit_split(), epochs=1, batch_size=GLOBAL_BATCH, rng=jax.random.key(3),
-                            progress=False, log=lambda line: None, mesh=mesh)
+                            report=fn.loop.Report.silent(), mesh=mesh)
     return state, history
 
 

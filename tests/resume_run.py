@@ -43,13 +43,13 @@ def main(out: str, model_name: str, resume: bool) -> None:
         print(line, flush=True)
         time.sleep(0.3)
 
-    with fn.checkpoint.Checkpointer(f"{out}/ckpt", save_every_steps=4, max_to_keep=2,
+    with fn.checkpoint.Checkpointer(f"{out}/ckpt", save_every_steps=4, max_to_keep=2, resume=resume,
                                     config={"model": model_name, "optimizer": "adam"}) as ckpt:
         state, _ = fn.fit(state, (images, train.labels[:n]),
                           (fn.data.normalize(test.images, test.info), test.labels),
                           epochs=6, batch_size=50, rng=jax.random.key(1), log_every=2,
-                          metrics_path=f"{out}/metrics.jsonl", checkpointer=ckpt, resume=resume,
-                          progress=False, log=slow_log)
+                          report=fn.loop.Report(metrics_path=f"{out}/metrics.jsonl", progress=False, log=slow_log),
+                          checkpointer=ckpt)
     flat = {"/".join(str(getattr(k, "key", k)) for k in path): np.asarray(leaf)
             for path, leaf in jax.tree_util.tree_leaves_with_path(state.params)}
     np.savez(f"{out}/params.npz", **flat)

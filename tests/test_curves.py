@@ -1,6 +1,6 @@
 """Float32 loss curves against PyTorch's: the recorded goldens, and PyTorch live.
 
-Goldens (tests/golden/*.json, from ``python -m experiments.reference_curves``)
+Goldens (tests/golden/*.json, from ``python -m experiments.tools.reference_curves``)
 hold PyTorch's curve for each model x optimizer and PyTorch's own float32
 noise on that case (the largest gap to itself on 2 threads, or from initial
 weights one ulp up). Checks:
@@ -25,7 +25,7 @@ import numpy as np
 import pytest
 
 import funcnets as fn
-from experiments import reference_curves
+from experiments.tools import reference_curves
 from funcnets.parity import OptimizerSpec, jax_curve, numpy_init, synthetic_batches
 
 GOLDEN_DIR = pathlib.Path(__file__).parent / "golden"

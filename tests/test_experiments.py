@@ -13,9 +13,10 @@ import numpy as np
 import pytest
 
 import funcnets as fn
-from experiments import bench, cifar10_cnn, compare, mastering_cnn, mnist_cnn, mnist_mlp, optimizers, simple_net
+from experiments import cifar10_cnn, compare, mastering_cnn, mnist_cnn, mnist_mlp, optimizers, simple_net
 from experiments import tutorial as common
-from funcnets.fit import read_metrics
+from experiments.tools import bench
+from funcnets.metrics import read_metrics
 
 pytest.importorskip("torch")
 
@@ -418,7 +419,7 @@ SHARED_MNIST = pathlib.Path(__file__).resolve().parents[2] / "shared" / "data" /
 def test_end_to_end_times_whole_processes_in_turns_and_pairs_the_ratios(monkeypatch, tmp_path):
     """The end-to-end table from (faked) process timings: three contestants a
     round, in turns; the ratio is the median of each round's PyTorch / funcnets."""
-    from experiments import end_to_end
+    from experiments.tools import end_to_end
 
     timings = iter([(12.0, 96.1, ""), (9.0, 96.1, ""), (20.0, 96.2, ""),     # round 1: cold, warm, PyTorch
                     (11.0, 96.1, ""), (8.0, 96.1, ""), (24.0, 96.2, "")])    # round 2
@@ -439,7 +440,7 @@ def test_end_to_end_times_whole_processes_in_turns_and_pairs_the_ratios(monkeypa
 
 
 def test_end_to_end_names_missing_data_before_any_run(tmp_path, capsys):
-    from experiments import end_to_end
+    from experiments.tools import end_to_end
 
     with pytest.raises(SystemExit):
         end_to_end.main(["--scripts", "cifar10_cnn", "--cifar-dir", str(tmp_path / "nowhere")])
@@ -454,3 +455,24 @@ def test_the_tutorials_own_program_runs_as_written():
     assert done.returncode == 0, done.stderr[-2000:]
     accuracy = float(done.stdout.split("Test accuracy: ")[-1].split("%")[0])
     assert accuracy > 88.0, done.stdout   # one epoch of the tutorial's SGD: ~91%
+
+
+def test_a_run_without_matplotlib_skips_its_figure_and_says_so(monkeypatch, tmp_path, capsys):
+    from experiments import plots
+
+    def missing():
+        raise ImportError("the figures need matplotlib: pip install -e '.[plot]'")
+
+    monkeypatch.setattr(plots, "_figure_class", missing)
+    summary = common.main(mnist_mlp.TUTORIAL, ["--dataset", "digits", "--dry-run", "--no-progress",
+                                               "--checkpoint-dir", str(tmp_path)])
+    assert summary["test_accuracy"] >= 0
+    assert "Plot: skipped (the figures need matplotlib: pip install -e '.[plot]')" in capsys.readouterr().out
+    assert (tmp_path / "metrics.summary.json").exists() and not (tmp_path / "metrics.png").exists()
+
+
+def test_importing_funcnets_imports_neither_torch_nor_matplotlib_nor_orbax():
+    code = ("import sys, funcnets; heavy = [m for m in ('torch', 'matplotlib', 'orbax') if m in sys.modules]; "
+            "print(heavy)")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and done.stdout.strip() == "[]", done.stdout + done.stderr[-2000:]

@@ -79,8 +79,10 @@ def test_epoch_functions_reject_bad_arguments(digits):
         fn.evaluate(_state(), x, y.astype(np.float32))
     with pytest.raises(ValueError, match="epochs must be a positive integer"):
         fn.fit(_state(), (x, y), epochs=0, batch_size=4, rng=jax.random.key(0))
-    with pytest.raises(ValueError, match="resume=True needs a checkpointer"):
+    with pytest.raises(TypeError, match=r"'resume'; it is now fn.checkpoint.Checkpointer\(directory, resume=True\)"):
         fn.fit(_state(), (x, y), epochs=1, batch_size=4, rng=jax.random.key(0), resume=True)
+    with pytest.raises(TypeError, match=r"'metrics_path'; it is now report=fn.loop.Report\(metrics_path=...\)"):
+        fn.fit(_state(), (x, y), epochs=1, batch_size=4, rng=jax.random.key(0), metrics_path="m.jsonl")
     dataset = fn.data.load("digits", "test")
     with pytest.raises(TypeError, match=r"train must be a pair \(images, labels\) \(from a funcnets.data.Dataset"):
         fn.fit(_state(), dataset, epochs=1, batch_size=4, rng=jax.random.key(0))
@@ -89,8 +91,7 @@ def test_epoch_functions_reject_bad_arguments(digits):
 def test_fit_learns_logs_and_writes_metrics(digits, tmp_path):
     lines = []
     state, history = fn.fit(_state(), digits[:2], digits[2:], epochs=2, batch_size=64, rng=jax.random.key(1),
-                            log_every=10, metrics_path=tmp_path / "m.jsonl", learning_rate=0.05,
-                            progress=False, log=lines.append)
+                            log_every=10, report=fn.loop.Report(tmp_path / "m.jsonl", progress=False, log=lines.append))
     assert int(state.step) == 2 * 23
     assert lines[0].startswith("Epoch 1/2 - Training loss: ") and "Test accuracy: " in lines[1]
     assert history[1]["test_accuracy"] > 0.8 and history[1]["loss"] < history[0]["loss"]
@@ -98,12 +99,13 @@ def test_fit_learns_logs_and_writes_metrics(digits, tmp_path):
     steps = [r for r in records if r["kind"] == "step"]
     assert [r["step"] for r in steps] == [10, 20, 22, 23, 33, 43, 45, 46]  # the ragged batch is its own chunk
     assert all({"step", "epoch", "loss", "accuracy", "lr", "seconds"} <= set(r) for r in records)
+    assert {r["lr"] for r in records} == {pytest.approx(0.05)}   # read from the optimizer state
     assert records[-1] == {**history[1], "kind": "epoch"}
 
 
 def test_fit_is_reproducible_bit_for_bit(digits):
-    runs = [fn.fit(_state(), digits[:2], epochs=2, batch_size=100, rng=jax.random.key(3), progress=False,
-                   log=lambda line: None)[0] for _ in range(2)]
+    runs = [fn.fit(_state(), digits[:2], epochs=2, batch_size=100, rng=jax.random.key(3),
+                   report=fn.loop.Report.silent())[0] for _ in range(2)]
     assert all(np.array_equal(a, b) for a, b in zip(jax.tree.leaves(runs[0].params), jax.tree.leaves(runs[1].params)))
 
 
@@ -116,7 +118,7 @@ def test_nan_loss_stops_with_the_step_and_keeps_the_last_good_checkpoint(digits,
         with pytest.raises(fn.NonFiniteLossError,
                            match=r"loss became nan at step 8 \(epoch 1, batch 8\).*last good checkpoint is step 5"):
             fn.fit(_state(), (images, labels), epochs=3, batch_size=64, rng=rng, log_every=5,
-                   checkpointer=ckpt, progress=False, log=lambda line: None)
+                   checkpointer=ckpt, report=fn.loop.Report.silent())
         assert ckpt.steps() == [5]
         restored, progress = ckpt.restore_latest(_state())
     assert progress.position == 5

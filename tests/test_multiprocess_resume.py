@@ -21,7 +21,7 @@ import pytest
 
 import funcnets as fn
 from experiments import tutorial
-from funcnets.fit import read_metrics
+from funcnets.metrics import read_metrics
 
 SHARED_MNIST = pathlib.Path(__file__).resolve().parents[2] / "shared" / "data" / "mnist"
 SURVIVOR_BOUND_S = 30   # docs/scale-out.md: the survivors stop within this after a peer is gone

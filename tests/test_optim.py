@@ -214,3 +214,22 @@ def test_optimizer_state_can_be_donated(name):
     state = tx.init(params)
     update = jax.jit(lambda s: tx.update({"w": jnp.ones(3)}, s, params)[1], donate_argnums=0)
     update(update(state))
+
+
+def test_the_learning_rate_is_in_the_optimizer_state_and_changes_no_update():
+    """Each optimizer keeps its rate as Optax keeps a hyperparameter (inject_hyperparams):
+    the last step's, a schedule's value included; the updates are those of the bare chain."""
+    import jax.numpy as jnp
+
+    params = {"w": jnp.linspace(-1.0, 1.0, 5)}
+    schedule = fn.optim.step_lr(0.1, 1, 0.5, steps_per_epoch=2)
+    for name in fn.optim.names():
+        tx = fn.optim.create(name, lr=schedule)
+        state = tx.init(params)
+        assert float(fn.optim.learning_rate(state)) == pytest.approx(0.1)
+        rates = []
+        for _ in range(5):
+            _, state = tx.update(params, state, params)
+            rates.append(float(fn.optim.learning_rate(state)))
+        assert rates == pytest.approx([0.1, 0.1, 0.05, 0.05, 0.025]), name
+    assert fn.optim.learning_rate(optax.adam(1e-3).init(params)) is None

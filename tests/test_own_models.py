@@ -94,15 +94,15 @@ def test_pure_functions_fit_with_checkpoints_and_resume_exactly(digits, tmp_path
     model = fn.models.from_functions(init, apply, input_shape=(28, 28, 1), outputs="logits",
                                      name="linear", stochastic=False)
     assert (model.param_count, model.num_classes) == (7850, 10)
-    run = dict(epochs=2, batch_size=64, rng=jax.random.key(5), progress=False, log=lambda line: None)
+    run = dict(epochs=2, batch_size=64, rng=jax.random.key(5), report=fn.loop.Report.silent())
     straight, _ = fn.fit(fn.create_train_state(model, fn.optim.sgd(lr=0.1), jax.random.key(0)),
                          (images, labels), **run)
     with fn.checkpoint.Checkpointer(tmp_path, save_every_epoch=True) as ckpt:
         fn.fit(fn.create_train_state(model, fn.optim.sgd(lr=0.1), jax.random.key(0)), (images, labels),
                **{**run, "epochs": 1}, checkpointer=ckpt)
-    with fn.checkpoint.Checkpointer(tmp_path, save_every_epoch=True) as ckpt:
+    with fn.checkpoint.Checkpointer(tmp_path, save_every_epoch=True, resume=True) as ckpt:
         resumed, _ = fn.fit(fn.create_train_state(model, fn.optim.sgd(lr=0.1), jax.random.key(0)),
-                            (images, labels), **run, checkpointer=ckpt, resume=True)
+                            (images, labels), **run, checkpointer=ckpt)
     jax.tree.map(np.testing.assert_array_equal, straight.params, resumed.params)
     with fn.checkpoint.Checkpointer(tmp_path) as ckpt:   # another architecture is refused
         other = fn.models.from_flax(FlaxMLP(), input_shape=(28, 28, 1), outputs="log_probs")

@@ -1,4 +1,4 @@
-"""experiments.profile_step: op names read as layers and passes, FLOPs counted from
+"""experiments.tools.profile_step: op names read as layers and passes, FLOPs counted from
 the compiled HLO, and the script end to end (its timings mean nothing here)."""
 
 import json
@@ -9,7 +9,7 @@ import jax
 import jax.numpy as jnp
 import pytest
 
-from experiments import profile_step
+from experiments.tools import profile_step
 
 
 @pytest.mark.parametrize("op_name, expected", [
@@ -72,7 +72,7 @@ def test_profile_step_profiles_both_frameworks_op_by_op(tmp_path):
 def test_profile_step_one_thread_needs_a_fresh_process_and_runs_in_one(tmp_path):
     with pytest.raises(RuntimeError, match="before JAX is imported"):
         profile_step._one_thread_setup()
-    subprocess.run([sys.executable, "-m", "experiments.profile_step", "mnist_mlp", "--one-thread", "--steps", "2",
+    subprocess.run([sys.executable, "-m", "experiments.tools.profile_step", "mnist_mlp", "--one-thread", "--steps", "2",
                     "--warmup", "2", "--out", str(tmp_path)], check=True, capture_output=True)
     result = json.loads((tmp_path / "mnist_mlp-one-thread.json").read_text())
     assert result["one_thread"] and result["profiles"][0]["ops"]

@@ -1,5 +1,5 @@
 """The tutorials' own PyTorch programs, as they write them: the baselines of
-``python -m experiments.bench --end-to-end``.
+``python -m experiments.tools.bench --end-to-end``.
 
 Each is a whole program in the tutorial's style (a ``DataLoader`` loop with the
 tutorial's running loss and accuracy, a test pass per epoch), read in its

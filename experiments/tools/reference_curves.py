@@ -1,8 +1,8 @@
 """Record PyTorch's float32 loss curves, the goldens the JAX side is tested against.
 
-    python -m experiments.reference_curves                  # rewrite tests/golden/*.json
-    python -m experiments.reference_curves --check          # regenerate, compare within PyTorch's noise
-    python -m experiments.reference_curves --check --exact  # bit for bit (the machine that wrote them)
+    python -m experiments.tools.reference_curves                  # rewrite tests/golden/*.json
+    python -m experiments.tools.reference_curves --check          # regenerate, compare within PyTorch's noise
+    python -m experiments.tools.reference_curves --check --exact  # bit for bit (the machine that wrote them)
 
 For each model and each of SGD, SGD+momentum, Adagrad, Adadelta, RMSprop and
 Adam, PyTorch (``torch.set_num_threads(1)``, dropout off) trains from
@@ -36,7 +36,7 @@ import numpy as np
 import funcnets as fn
 from funcnets.parity import OptimizerSpec, numpy_init, synthetic_batches, torch_curve
 
-GOLDEN_DIR = pathlib.Path(__file__).resolve().parent.parent / "tests" / "golden"
+GOLDEN_DIR = pathlib.Path(__file__).resolve().parents[2] / "tests" / "golden"
 INIT_SEED, BATCH_SEED, WINDOW = 0, 1, 50
 
 OPTIMIZERS = (

@@ -1,24 +1,11 @@
 """``fit``: epochs of training and evaluation, with progress, metrics and checkpoints.
 
-The side effects live here (progress bar, log lines, the metrics file,
-checkpoints); the training itself is `funcnets.training.run_steps`, run on the
-device in chunks of ``log_every`` steps with one host sync per chunk.
-
-Metrics go to a JSON-lines file, one record per chunk::
-
-    {"kind": "step", "step": 300, "epoch": 0, "loss": 0.41, "accuracy": 0.88, "lr": 0.01, "seconds": 1.9}
-
-(loss and accuracy are means over the steps since the previous record; the ragged
-last batch of an epoch gets its own record; ``step_losses=True`` adds
-``"losses"``, the list of each step's loss) and one per epoch::
-
-    {"kind": "epoch", "step": 938, "epoch": 0, "loss": ..., "accuracy": ...,
-     "test_loss": ..., "test_accuracy": ..., "lr": ..., "seconds": ..., "train_seconds": ...}
-
-(the epoch's loss and accuracy are means over its training steps, as the
-tutorials print them; ``seconds`` is the whole epoch, ``train_seconds`` its
-training steps alone, without evaluation and checkpoints). `MetricsLog` writes
-these files, for funcnets and for the PyTorch references alike.
+The side effects live here (progress bar, log lines, the metrics file of
+`funcnets.metrics`, checkpoints); the training itself is
+`funcnets.training.run_steps`, run on the device in chunks of ``log_every``
+steps. The next chunk is dispatched before the previous one's metrics are read,
+so the device does not wait for the host; a chunk whose end is due for a
+checkpoint is read first, so a NaN is never saved.
 
 Exact resume: epoch ``e`` visits the examples in ``epoch_order(n,
 fold_in(rng, e))`` and step ``t`` draws its dropout masks from
@@ -29,10 +16,9 @@ back to the checkpoint's step.
 
 from __future__ import annotations
 
-import json
+import dataclasses
 import math
 import os
-import pathlib
 import time
 from typing import Callable
 
@@ -41,11 +27,11 @@ import numpy as np
 from jax.sharding import Mesh
 from tqdm.auto import tqdm
 
-from funcnets import layers
+from funcnets import keys
+from funcnets.metrics import MetricsLog, epoch_line
 from funcnets.checkpoint import Checkpointer, Progress
-from funcnets.optim import learning_rate_at
 from funcnets.parallel import PeerLostError, check_batch_size
-from funcnets.training import (TrainState, _device_split, batch_index, epoch_order, evaluate, place_state,
+from funcnets.training import (TrainState, device_split, batch_index, epoch_order, evaluate, place_state,
                                run_steps)
 
 
@@ -64,48 +50,52 @@ def _chunks(index_parts: list[jax.Array], start: int, size: int):
         offset += rows
 
 
-def _logged_lr(learning_rate, count: int) -> float | None:
-    return None if learning_rate is None else float(learning_rate_at(learning_rate, count))
+@dataclasses.dataclass(frozen=True)
+class Report:
+    """What `fit` reports, and where.
 
+    Attributes:
+      metrics_path: the JSON-lines metrics file (`funcnets.metrics`); None: none.
+      progress: a tqdm bar per epoch (step, loss, samples/s).
+      log: where the per-epoch lines (and the resume line) go; None: nowhere.
+      step_losses: add each step's loss to the step records (for step-by-step
+        comparisons; costs nothing on the device).
 
-class MetricsLog:
-    """A JSON-lines metrics file (the format in the module doc), one record per `write`.
-
-    A fresh log (``resume_step=None``) replaces any old file; a resumed one keeps
-    the records up to ``resume_step`` (the checkpoint's step) and appends after them.
-    ``MetricsLog(None)`` writes nothing.
+    >>> report = Report(metrics_path="runs/a/metrics.jsonl", progress=False)
+    >>> Report.silent()
+    Report(metrics_path=None, progress=False, log=None, step_losses=False)
     """
 
-    def __init__(self, path: str | os.PathLike | None, *, resume_step: int | None = None):
-        self.path = pathlib.Path(path) if path is not None else None
-        if self.path is None:
-            return
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        if resume_step is None or not self.path.exists():
-            self.path.write_text("")
-            return
-        kept = [line for line in self.path.read_text().splitlines()
-                if line.strip() and json.loads(line)["step"] <= resume_step]
-        self.path.write_text("".join(line + "\n" for line in kept))
+    metrics_path: str | os.PathLike | None = None
+    progress: bool = True
+    log: Callable[[str], None] | None = print
+    step_losses: bool = False
 
-    def write(self, entry: dict) -> None:
-        if self.path is not None:
-            with self.path.open("a") as f:
-                f.write(json.dumps(entry) + "\n")
+    @classmethod
+    def silent(cls, metrics_path: str | os.PathLike | None = None) -> "Report":
+        """No bar, no lines (a metrics file only if given)."""
+        return cls(metrics_path=metrics_path, progress=False, log=None)
+
+    def line(self, text: str) -> None:
+        if self.log is not None:
+            self.log(text)
 
 
-def read_metrics(path: str | os.PathLike) -> list[dict]:
-    """The records of a metrics file, in order."""
-    return [json.loads(line) for line in pathlib.Path(path).read_text().splitlines() if line.strip()]
+_MOVED = {"metrics_path": "report=fn.loop.Report(metrics_path=...)", "progress": "report=fn.loop.Report(progress=...)",
+          "log": "report=fn.loop.Report(log=...)", "step_losses": "report=fn.loop.Report(step_losses=...)",
+          "resume": "fn.checkpoint.Checkpointer(directory, resume=True)",
+          "learning_rate": "nothing: the rate is read from the optimizer state (fn.optim.learning_rate)"}
 
 
 def fit(state: TrainState, train: tuple, test: tuple | None = None, *, epochs: int, batch_size: int,
         rng: jax.Array, test_batch_size: int = 1000, drop_last: bool = False, log_every: int = 100,
-        metrics_path: str | os.PathLike | None = None, checkpointer: Checkpointer | None = None,
-        resume: bool = False, learning_rate: float | Callable | None = None, progress: bool = True,
-        step_losses: bool = False, log: Callable[[str], None] = print,
-        mesh: Mesh | None = None) -> tuple[TrainState, list[dict]]:
+        report: Report = Report(), checkpointer: Checkpointer | None = None, mesh: Mesh | None = None,
+        **moved) -> tuple[TrainState, list[dict]]:
     """Train for ``epochs`` epochs on ``train = (images, labels)``, evaluating on ``test``.
+
+    Each epoch visits ``train`` in the order ``epoch_order(n, fold_in(rng, epoch))``,
+    in batches of ``batch_size`` as ``DataLoader(batch_size, shuffle, drop_last)``
+    cuts them, then evaluates ``test`` (dropout off).
 
     Args:
       state: from `funcnets.create_train_state`; donated (use the returned one).
@@ -113,29 +103,46 @@ def fit(state: TrainState, train: tuple, test: tuple | None = None, *, epochs: i
         the device once.
       rng: the key of the data order (epoch ``e`` uses ``fold_in(rng, e)``).
       log_every: steps between host syncs, metrics records and progress updates.
+      report: what is reported, and where (`Report`: metrics file, progress
+        bar, per-epoch lines, per-step losses); the records' ``lr`` is the
+        optimizer's own (`funcnets.optim.learning_rate`).
       checkpointer: saves as its cadence says (checked every ``log_every`` steps
-        and at each epoch's end); with ``resume=True`` training starts from its
-        newest checkpoint, if any.
-      learning_rate: the optimizer's lr (float or schedule), for the records only.
-      step_losses: add each step's loss to the step records (for step-by-step
-        comparisons; costs nothing on the device).
-      log: where the per-epoch lines go (``print`` by default).
+        and at each epoch's end); if made with ``resume=True``, training starts
+        from its newest complete checkpoint, if any.
       mesh: data-parallel over this mesh's devices (`funcnets.parallel.data_mesh`):
         the splits and state are replicated on them and each step's batch is
         split over them; the batches and the numbers are the one-device run's.
         ``batch_size`` must divide by the device count.
 
-    Returns the final state and the per-epoch records. A NaN or infinite loss
-    raises `NonFiniteLossError` naming the step; nothing after the last good
-    checkpoint is saved.
+    Returns:
+      The final state and the per-epoch records (the metrics file's ``"epoch"`` records).
+
+    Raises:
+      NonFiniteLossError: a NaN or infinite loss, naming the step; nothing
+        after the last good checkpoint is saved.
+      funcnets.parallel.PeerLostError: in a multi-process run, another process is gone.
+
+    >>> import jax, funcnets as fn
+    >>> train = fn.data.load("digits", "train")
+    >>> split = (fn.data.normalize(train.images, train.info), train.labels)
+    >>> state = fn.create_train_state(fn.models.get("mnist_mlp"), fn.optim.sgd(lr=0.05), jax.random.key(0))
+    >>> state, history = fn.fit(state, split, epochs=1, batch_size=64, rng=jax.random.key(1),
+    ...                         report=fn.loop.Report.silent())
+    >>> int(state.step), sorted(history[0])[:3]
+    (23, ['accuracy', 'epoch', 'kind'])
     """
+    if moved:
+        name = sorted(moved)[0]
+        where = _MOVED.get(name)
+        raise TypeError(f"fit() got an unexpected keyword argument {name!r}"
+                        + (f"; it is now {where}" if where else ""))
+    if not isinstance(report, Report):
+        raise TypeError(f"report must be a funcnets.loop.Report, got {type(report).__name__}")
     if not isinstance(epochs, int) or epochs < 1:
         raise ValueError(f"epochs must be a positive integer, got {epochs!r}")
     if not isinstance(log_every, int) or log_every < 1:
         raise ValueError(f"log_every must be a positive integer, got {log_every!r}")
-    layers.check_key(rng, "rng")
-    if resume and checkpointer is None:
-        raise ValueError("resume=True needs a checkpointer")
+    keys.check_key(rng, "rng")
     for argument, split in (("train", train), ("test", test)):
         if split is not None and (not isinstance(split, (tuple, list)) or len(split) != 2):
             hint = (" (from a funcnets.data.Dataset d: (funcnets.data.normalize(d.images, d.info), d.labels))"
@@ -143,24 +150,25 @@ def fit(state: TrainState, train: tuple, test: tuple | None = None, *, epochs: i
             raise TypeError(f"{argument} must be a pair (images, labels){hint}")
     if mesh is not None:
         check_batch_size(batch_size, mesh)
-    train_images, train_labels = _device_split(state, *train, batch_size, mesh=mesh)
+    train_images, train_labels = device_split(state, *train, batch_size, mesh=mesh)
     if test is not None:
-        test_images, test_labels = _device_split(state, *test, test_batch_size, "test_batch_size", mesh=mesh)
+        test_images, test_labels = device_split(state, *test, test_batch_size, "test_batch_size", mesh=mesh)
     n = int(train_images.shape[0])
     epoch_steps = steps_per_epoch(n, batch_size, drop_last)
     if epoch_steps == 0:
         raise ValueError(f"batch_size {batch_size} with drop_last leaves no step in {n} examples")
 
     start = Progress(0, 0)
+    resume = checkpointer is not None and checkpointer.resume
     if resume:
         restored = checkpointer.restore_latest(state)
         if restored is not None:
             state, start = restored
             if start.position >= epoch_steps:
                 start = Progress(start.epoch + 1, 0)
-            log(f"Resumed from step {int(state.step)} (epoch {start.epoch + 1}, batch {start.position})")
+            report.line(f"Resumed from step {int(state.step)} (epoch {start.epoch + 1}, batch {start.position})")
     state = place_state(state, mesh)
-    record = MetricsLog(metrics_path, resume_step=int(state.step) if resume else None).write
+    record = MetricsLog(report.metrics_path, resume_step=int(state.step) if resume else None).write
 
     history = []
     try:
@@ -172,11 +180,14 @@ def fit(state: TrainState, train: tuple, test: tuple | None = None, *, epochs: i
                      batch_index(epoch_order(n, jax.random.fold_in(rng, epoch)), batch_size, drop_last)]
             resuming = epoch == start.epoch
             position = start.position if resuming else 0
-            totals = [start.loss_sum, start.accuracy_sum] if resuming else [0.0, 0.0]
-            train_seconds = 0.0
+            totals = _EpochTotals(start.loss_sum, start.accuracy_sum) if resuming else _EpochTotals()
             bar = tqdm(total=epoch_steps, initial=position, desc=f"epoch {epoch + 1}/{epochs}",
-                       unit="step", disable=not progress, leave=False)
+                       unit="step", disable=not report.progress, leave=False)
             step = int(state.step)
+
+            def read(chunk, since, epoch=epoch, totals=totals, bar=bar):
+                return _report_chunk(chunk, since, epoch, totals, bar, record, report.step_losses, checkpointer)
+
             pending = None   # the chunk dispatched last, whose metrics are not read yet
             chunk_start = time.perf_counter()
             for first, rows in _chunks(parts, position, log_every):
@@ -184,32 +195,29 @@ def fit(state: TrainState, train: tuple, test: tuple | None = None, *, epochs: i
                 step += rows.shape[0]
                 done = first + rows.shape[0]
                 if pending is not None:   # read the previous chunk while this one runs
-                    chunk_start = _report_chunk(pending, chunk_start, epoch, totals, bar, record, learning_rate,
-                                                step_losses, checkpointer)
+                    chunk_start = read(pending, chunk_start)
                 pending = (first, rows, metrics, step)
                 if checkpointer is not None and done < epoch_steps and checkpointer.due(step):
                     # Read this chunk before saving it, so that a NaN is never checkpointed.
-                    chunk_start = _report_chunk(pending, chunk_start, epoch, totals, bar, record, learning_rate,
-                                                step_losses, checkpointer)
+                    chunk_start = read(pending, chunk_start)
                     pending = None
-                    checkpointer.save(state, Progress(epoch, done, *totals))
+                    checkpointer.save(state, Progress(epoch, done, totals.loss_sum, totals.accuracy_sum))
             if pending is not None:
-                chunk_start = _report_chunk(pending, chunk_start, epoch, totals, bar, record, learning_rate,
-                                            step_losses, checkpointer)
+                chunk_start = read(pending, chunk_start)
             train_seconds = chunk_start - epoch_start
             bar.close()
             entry = {"kind": "epoch", "step": step, "epoch": epoch,
-                     "loss": totals[0] / epoch_steps, "accuracy": totals[1] / epoch_steps}
+                     "loss": totals.loss_sum / epoch_steps, "accuracy": totals.accuracy_sum / epoch_steps}
             if test is not None:
                 scores = evaluate(state, test_images, test_labels, batch_size=test_batch_size, mesh=mesh)
                 entry.update(test_loss=scores["loss"], test_accuracy=scores["accuracy"])
-            entry.update(lr=_logged_lr(learning_rate, step - 1), seconds=time.perf_counter() - epoch_start,
+            entry.update(lr=totals.lr, seconds=time.perf_counter() - epoch_start,
                          train_seconds=train_seconds)
             record(entry)
             history.append(entry)
-            log(epoch_line(entry, epochs))
+            report.line(epoch_line(entry, epochs))
             if checkpointer is not None and checkpointer.due(step, end_of_epoch=True):
-                checkpointer.save(state, Progress(epoch, epoch_steps, *totals))
+                checkpointer.save(state, Progress(epoch, epoch_steps, totals.loss_sum, totals.accuracy_sum))
     except (NonFiniteLossError, KeyboardInterrupt):
         raise
     except Exception as error:
@@ -222,7 +230,17 @@ def fit(state: TrainState, train: tuple, test: tuple | None = None, *, epochs: i
     return state, history
 
 
-def _report_chunk(chunk, chunk_start: float, epoch: int, totals: list[float], bar, record, learning_rate,
+@dataclasses.dataclass
+class _EpochTotals:
+    """An epoch's running sums of its steps' losses and accuracies, and the rate of
+    its last step read so far (None: the optimizer does not keep it)."""
+
+    loss_sum: float = 0.0
+    accuracy_sum: float = 0.0
+    lr: float | None = None
+
+
+def _report_chunk(chunk, chunk_start: float, epoch: int, totals: _EpochTotals, bar, record,
                   step_losses: bool, checkpointer) -> float:
     """Wait for a chunk's metrics, check them, add them to ``totals`` (loss and accuracy
     sums), and report them (progress bar, step record); the time they arrived.
@@ -230,7 +248,9 @@ def _report_chunk(chunk, chunk_start: float, epoch: int, totals: list[float], ba
     Raises `NonFiniteLossError` naming the first step whose loss is NaN or infinite.
     """
     first, rows, metrics, step = chunk
-    losses, accuracies = (np.asarray(m, np.float64) for m in jax.device_get((metrics["loss"], metrics["accuracy"])))
+    losses, accuracies, lr = jax.device_get((metrics["loss"], metrics["accuracy"], metrics.get("lr")))
+    losses, accuracies = np.asarray(losses, np.float64), np.asarray(accuracies, np.float64)
+    totals.lr = None if lr is None else float(lr[-1])   # the rate of the chunk's last step
     bad = np.flatnonzero(~np.isfinite(losses))
     if bad.size:
         bad_step = step - len(losses) + int(bad[0]) + 1
@@ -240,14 +260,14 @@ def _report_chunk(chunk, chunk_start: float, epoch: int, totals: list[float], ba
             checkpointer is not None and checkpointer.steps()) else ""
         raise NonFiniteLossError(f"loss became {losses[bad[0]]} at step {bad_step} (epoch {epoch + 1}, "
                                  f"batch {first + int(bad[0]) + 1}); training stopped{kept}")
-    totals[0] += losses.sum()
-    totals[1] += accuracies.sum()
+    totals.loss_sum += losses.sum()
+    totals.accuracy_sum += accuracies.sum()
     now = time.perf_counter()
     seconds = now - chunk_start
     bar.update(len(losses))
     bar.set_postfix(loss=f"{losses.mean():.4f}", samples_per_s=f"{rows.size / max(seconds, 1e-9):.0f}")
     entry = {"kind": "step", "step": step, "epoch": epoch, "loss": float(losses.mean()),
-             "accuracy": float(accuracies.mean()), "lr": _logged_lr(learning_rate, step - 1), "seconds": seconds}
+             "accuracy": float(accuracies.mean()), "lr": totals.lr, "seconds": seconds}
     if step_losses:
         entry["losses"] = losses.tolist()
     record(entry)
@@ -266,15 +286,6 @@ def _peer_lost(error: Exception, checkpointer: Checkpointer | None) -> PeerLostE
                 else f" No checkpoint in {checkpointer.directory} is complete.")
     return PeerLostError(f"process {jax.process_index()} of {jax.process_count()}: a collective or barrier failed, "
                          f"so another process is most likely gone ({type(error).__name__}: {first_line}).{kept}")
-
-
-def epoch_line(entry: dict, epochs: int) -> str:
-    """The tutorial-style line for an epoch record:
-    ``Epoch 3/10 - Training loss: 0.4012 - Test loss: 0.4321, Test accuracy: 84.52% (2.1s)``."""
-    line = f"Epoch {entry['epoch'] + 1}/{epochs} - Training loss: {entry['loss']:.4f}"
-    if "test_loss" in entry:
-        line += f" - Test loss: {entry['test_loss']:.4f}, Test accuracy: {100 * entry['test_accuracy']:.2f}%"
-    return line + f" ({entry['seconds']:.1f}s)"
 
 
 def steps_per_epoch(num_examples: int, batch_size: int, drop_last: bool = False) -> int:

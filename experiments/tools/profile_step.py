@@ -1,17 +1,17 @@
 """Where one training step's time goes, op by op: funcnets' jitted step under
 ``jax.profiler``, and optionally PyTorch's tutorial step under ``torch.profiler``.
 
-    python -m experiments.profile_step mnist_cnn                 # as training runs it (all cores)
-    python -m experiments.profile_step mnist_cnn --one-thread    # each op's own work, on one core
-    python -m experiments.profile_step mnist_cnn --torch         # and PyTorch's step, op by op
+    python -m experiments.tools.profile_step mnist_cnn                 # as training runs it (all cores)
+    python -m experiments.tools.profile_step mnist_cnn --one-thread    # each op's own work, on one core
+    python -m experiments.tools.profile_step mnist_cnn --torch         # and PyTorch's step, op by op
 
 The step is the one `funcnets.training.run_steps` jits (same compiler options,
 same ``malloc`` setting, `funcnets.host_memory`), on random data of the real
-shapes at the tutorial's batch size and optimizer (`experiments.bench.CASES`).
+shapes at the tutorial's batch size and optimizer (`experiments.tools.bench.CASES`).
 After ``--warmup`` steps (the compile among them), ``--steps`` steps are
 timed, then as many more run under the profiler; each step is followed by a
 sync, so that its wall time is its own (this is a profile: the speed figures
-are `experiments.bench`'s, which never syncs inside a window).
+are `experiments.tools.bench`'s, which never syncs inside a window).
 
 Reported, for the timed and for the traced steps: the median step time and the
 process's page faults per step (a page the kernel maps and zeroes); then a
@@ -57,7 +57,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from experiments.bench import CASES, _minor_faults
+from experiments.tools.bench import CASES, _minor_faults
 
 ONE_THREAD_FLAG = "--xla_cpu_multi_thread_eigen=false"
 
@@ -273,7 +273,7 @@ def profile_torch(name: str, *, steps: int, warmup: int, threads: int | None) ->
     each ATen op's own (self) CPU time per step, grouped by op and input shapes."""
     import torch
 
-    from experiments.bench import _torch_setup
+    from experiments.tools.bench import _torch_setup
 
     batch, image_shape, _, _, _ = CASES[name]
     if threads:
@@ -347,13 +347,13 @@ def _one_thread_setup() -> None:
     must run before JAX is imported."""
     if "jax" in sys.modules:
         raise RuntimeError("--one-thread must be set up before JAX is imported: run "
-                           "`python -m experiments.profile_step ... --one-thread` in a fresh process")
+                           "`python -m experiments.tools.profile_step ... --one-thread` in a fresh process")
     os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {ONE_THREAD_FLAG}".strip()
     os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})
 
 
 def main(argv: list[str] | None = None) -> dict:
-    p = argparse.ArgumentParser(prog="python -m experiments.profile_step", description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(prog="python -m experiments.tools.profile_step", description=__doc__.splitlines()[0])
     p.add_argument("model", choices=list(CASES))
     p.add_argument("--steps", type=int, default=20, help="profiled steps (default 20)")
     p.add_argument("--warmup", type=int, default=10, help="untimed steps first, compile included (default 10)")
@@ -380,7 +380,7 @@ def main(argv: list[str] | None = None) -> dict:
                                       threads=1 if args.one_thread else None))
     report = markdown(args.model, profiles, top=args.top, one_thread=args.one_thread)
     result = {"model": args.model, "one_thread": args.one_thread, "profiles": profiles, "environment": environment(),
-              "command": " ".join(["python", "-m", "experiments.profile_step",
+              "command": " ".join(["python", "-m", "experiments.tools.profile_step",
                                    *(argv if argv is not None else sys.argv[1:])])}
     result_json.write_text(json.dumps(result, indent=2) + "\n")
     result_json.with_suffix(".md").write_text(report)

@@ -1,10 +1,10 @@
 """Training speed, funcnets against PyTorch, measured in one run.
 
-    python -m experiments.bench                       # every tutorial net; Markdown + JSON in reports/bench/
-    python -m experiments.bench --models mnist_cnn --repeats 5 --cnn-window 60
-    python -m experiments.bench --models mnist_cnn --system-malloc   # glibc's malloc defaults for all
-    python -m experiments.bench --device gpu          # on a GPU, both frameworks (the default where both see one)
-    python -m experiments.bench --end-to-end          # whole scripts, Enter to result (experiments.end_to_end)
+    python -m experiments.tools.bench                       # every tutorial net; Markdown + JSON in reports/bench/
+    python -m experiments.tools.bench --models mnist_cnn --repeats 5 --cnn-window 60
+    python -m experiments.tools.bench --models mnist_cnn --system-malloc   # glibc's malloc defaults for all
+    python -m experiments.tools.bench --device gpu          # on a GPU, both frameworks (the default where both see one)
+    python -m experiments.tools.bench --end-to-end          # whole scripts, Enter to result (experiments.tools.end_to_end)
 
 For each model at its tutorial batch size (MLP 64, MNIST CNN 64, Mastering CNN 32, CIFAR CNN 16,
 SimpleNet 64), on random data of the real shapes (60,000 28x28x1 images, or
@@ -513,13 +513,13 @@ def markdown(results: list[dict], peak: dict, environment: dict) -> str:
 
 def main(argv: list[str] | None = None) -> pathlib.Path:
     argv = sys.argv[1:] if argv is None else argv
-    if "--end-to-end" in argv:   # whole scripts, Enter to result: experiments.end_to_end takes the other flags
-        from experiments import end_to_end
+    if "--end-to-end" in argv:   # whole scripts, Enter to result: experiments.tools.end_to_end takes the other flags
+        from experiments.tools import end_to_end
 
         return end_to_end.main([a for a in argv if a != "--end-to-end"])
-    p = argparse.ArgumentParser(prog="python -m experiments.bench", description=__doc__.splitlines()[0],
+    p = argparse.ArgumentParser(prog="python -m experiments.tools.bench", description=__doc__.splitlines()[0],
                                 epilog="--end-to-end: time each experiment script as a whole process instead "
-                                       "(python -m experiments.end_to_end --help for its flags)")
+                                       "(python -m experiments.tools.end_to_end --help for its flags)")
     p.add_argument("--models", nargs="+", choices=list(CASES), default=list(CASES))
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--cnn-window", type=int, default=None,
@@ -576,7 +576,7 @@ def main(argv: list[str] | None = None) -> pathlib.Path:
     results = []
     for model in args.models:
         child = out / f"{model}.json"
-        command = [sys.executable, "-m", "experiments.bench", "--models", model, "--repeats", str(args.repeats),
+        command = [sys.executable, "-m", "experiments.tools.bench", "--models", model, "--repeats", str(args.repeats),
                    "--device", device, "--whole-training", *args.whole_training, "--one-model-json", str(child)]
         if args.cnn_window is not None:
             command += ["--cnn-window", str(args.cnn_window)]
@@ -598,7 +598,7 @@ def main(argv: list[str] | None = None) -> pathlib.Path:
     table = markdown(results, peak, env)
     (out / "bench.md").write_text(table)
     (out / "bench.json").write_text(json.dumps({"gemm_peak": peak, "results": results, "environment": env,
-                                                "command": " ".join(["python", "-m", "experiments.bench",
+                                                "command": " ".join(["python", "-m", "experiments.tools.bench",
                                                                      *argv])},
                                                indent=2) + "\n")
     print(table + f"\nTable: {out / 'bench.md'}")

@@ -1,9 +1,9 @@
 """Time to result: each experiment script as a whole process, from Enter to its
 final accuracy, funcnets against PyTorch, timed in turns in one run.
 
-    python -m experiments.end_to_end                          # every script; reports/end_to_end/
-    python -m experiments.end_to_end --scripts mnist_mlp --repeats 5
-    python -m experiments.bench --end-to-end                  # the same, from the benchmark
+    python -m experiments.tools.end_to_end                          # every script; reports/end_to_end/
+    python -m experiments.tools.end_to_end --scripts mnist_mlp --repeats 5
+    python -m experiments.tools.bench --end-to-end                  # the same, from the benchmark
 
 For each script, per round (``--repeats`` rounds, contestants in turns so that
 drift on the machine hits all alike):
@@ -130,7 +130,7 @@ def markdown(results: list[dict], environment: dict, command: str) -> str:
 
 
 def main(argv: list[str] | None = None) -> pathlib.Path:
-    p = argparse.ArgumentParser(prog="python -m experiments.end_to_end", description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(prog="python -m experiments.tools.end_to_end", description=__doc__.splitlines()[0])
     p.add_argument("--scripts", nargs="+", choices=list(SCRIPTS), default=list(SCRIPTS))
     p.add_argument("--repeats", type=int, default=3, help="rounds of turns (default 3)")
     p.add_argument("--cnn-epochs", type=int, default=1,
@@ -162,7 +162,7 @@ def main(argv: list[str] | None = None) -> pathlib.Path:
         results.append(bench_script(script, dirs[data], epochs=epochs, repeats=args.repeats, env=env,
                                     train_examples=examples))
     info = {**environment(), "date": time.strftime("%Y-%m-%d")}
-    command = " ".join(["python", "-m", "experiments.end_to_end", *(argv if argv is not None else sys.argv[1:])])
+    command = " ".join(["python", "-m", "experiments.tools.end_to_end", *(argv if argv is not None else sys.argv[1:])])
     out = pathlib.Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     table = markdown(results, info, command)
