@@ -250,7 +250,9 @@ def _report_chunk(chunk, chunk_start: float, epoch: int, totals: _EpochTotals, b
     first, rows, metrics, step = chunk
     losses, accuracies, lr = jax.device_get((metrics["loss"], metrics["accuracy"], metrics.get("lr")))
     losses, accuracies = np.asarray(losses, np.float64), np.asarray(accuracies, np.float64)
-    totals.lr = None if lr is None else float(lr[-1])   # the rate of the chunk's last step
+    # The rate of the chunk's last step, as the shortest decimal its dtype rounds back to (0.01, not
+    # 0.009999999776482582 for a float32 0.01), as PyTorch's records show it.
+    totals.lr = None if lr is None else float(np.format_float_positional(np.asarray(lr)[-1], unique=True))
     bad = np.flatnonzero(~np.isfinite(losses))
     if bad.size:
         bad_step = step - len(losses) + int(bad[0]) + 1

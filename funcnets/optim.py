@@ -100,7 +100,7 @@ def learning_rate(opt_state) -> jax.Array | None:
 
     >>> import jax.numpy as jnp, funcnets as fn
     >>> tx = fn.optim.sgd(lr=0.01)
-    >>> float(fn.optim.learning_rate(tx.init({"w": jnp.zeros(3)})))
+    >>> print(fn.optim.learning_rate(tx.init({"w": jnp.zeros(3)})))
     0.01
     """
     hyperparams = getattr(opt_state, "hyperparams", None)   # Optax's InjectHyperparamsState
