@@ -49,7 +49,7 @@ FRAMEWORKS = ("jax", "torch")
 MNIST_LIKE = ("mnist", "fashion_mnist", "digits")
 DRY_RUN_BATCHES = 3
 CHECKPOINT_SECONDS = 30   # a crash or kill loses at most this much training (and any partial epoch's end)
-BARRIER_TIMEOUT_S = 20    # a checkpoint save waits at most this long for the other processes
+BARRIER_TIMEOUT_S = 10    # a checkpoint save waits at most this long at each of its barriers
 LOST_PROCESS_STATUS = 3   # the exit status of a process whose peer was lost
 
 
@@ -593,7 +593,8 @@ def main(tutorial: Tutorial, argv: list[str] | None = None) -> dict:
     check_args(tutorial, args, p)
     plots.preload()   # matplotlib imports in the background while the data loads and the steps run
     if args.data_parallel:
-        fn.parallel.initialize()  # before anything touches a device
+        # before anything touches a device; a lost process is then an exception, not an abort
+        fn.parallel.initialize(recoverable=True)
     try:
         data = load_data(tutorial, args)
     except fn.data.DatasetNotFoundError as error:
@@ -604,6 +605,8 @@ def main(tutorial: Tutorial, argv: list[str] | None = None) -> dict:
           f"{f', StepLR gamma={args.gamma}' if args.gamma else ''}), batch {args.batch_size}, "
           f"{args.epochs} epochs, seed {args.seed}{', float64' if args.float64 else ''}")
     cache = run(tutorial, args, data, metrics_path, checkpoint_dir=run_dir, log=print)
+    if args.data_parallel:
+        fn.parallel.shutdown()   # every process waits for the others, then leaves together
     if not is_lead_process():
         return {}  # process 0 reports
     records = read_metrics(metrics_path)

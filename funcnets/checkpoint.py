@@ -82,18 +82,31 @@ def _snapshot(state: TrainState) -> dict[str, Any]:
 
 
 class Checkpointer:
-    """Saves every ``save_every_steps`` optimizer steps, every ``save_every_seconds``
-    seconds and/or at every epoch's end (whichever come first), keeps the last
-    ``max_to_keep``; ``config`` (JSON-able) is saved with each. ``resume``:
-    `funcnets.fit` starts from the newest complete checkpoint here, if any (the
-    metrics file is cut back to its step).
+    """A run's checkpoints in ``directory``, on Orbax's ``CheckpointManager``.
+
+    A save is due (`due`) when an epoch ends, ``save_every_steps`` steps or
+    ``save_every_seconds`` seconds have passed since the last one, whichever
+    comes first; saves are asynchronous (`wait`, or leaving the ``with``
+    block, waits for them).
+
+    Args:
+      directory: where the checkpoints go (one folder per step).
+      save_every_steps: save every this many optimizer steps; None: not by steps.
+      save_every_seconds: save when this many seconds passed since the last
+        save; None: not by time. In a multi-process run process 0's clock decides.
+      save_every_epoch: save at each epoch's end.
+      max_to_keep: how many checkpoints to keep, newest first.
+      config: JSON-able settings saved with each (`saved_config`).
+      barrier_timeout_s: how long a save waits for the other processes at
+        Orbax's barriers (default: Orbax's, 1200 s); a lost process then fails
+        the save instead of hanging it.
+      resume: `funcnets.fit` starts from the newest complete checkpoint here,
+        if any (its metrics file is cut back to that step).
 
     In a multi-process run every process calls the same methods at the same
     steps (`funcnets.fit` does); Orbax writes each process's part, process 0
     the shared metadata, and publishes the step only when all are written.
-    ``barrier_timeout_s`` bounds how long a save waits for the other processes
-    at Orbax's barriers (default: Orbax's, 1200 s); a lost process then fails
-    the save instead of hanging it."""
+    """
 
     def __init__(self, directory: str | os.PathLike, *, save_every_steps: int | None = None,
                  save_every_seconds: float | None = None, save_every_epoch: bool = True,

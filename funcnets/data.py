@@ -120,17 +120,37 @@ def names() -> list[str]:
 def load(name: str, split: str = "train", *, data_dir: str | os.PathLike | None = None,
          download: bool = True, shard: tuple[int, int] | None = None,
          cache_dir: str | os.PathLike | None = None) -> Dataset:
-    """The whole ``split`` of dataset ``name`` as NumPy arrays (see the module doc for sources).
+    """The whole ``split`` of dataset ``name`` as NumPy arrays.
 
-    ``download=False`` skips the last source (a download of the published files).
-    ``cache_dir``: funcnets' cache (downloads in ``<cache_dir>/data``, decoded
-    image folders in ``<cache_dir>/image_folders``); default ``~/.cache/funcnets``.
+    Sources, in order (the module doc and docs/data.md): the files in
+    ``data_dir``; a TFDS copy; known local folders and funcnets' download
+    cache; a download of the published files, kept only once its MD5 matches.
 
-    ``shard=(index, count)``: only the ``index``-th of ``count`` consecutive
-    blocks of the split, rows ``[index * n // count, (index + 1) * n // count)``
-    (sizes differ by at most one; no row is dropped), e.g.
-    ``shard=funcnets.parallel.process_shard()`` for each process of a
-    multi-host run. A TFDS copy reads only those rows.
+    Args:
+      name: ``"mnist"``, ``"fashion_mnist"``, ``"cifar10"`` or ``"digits"``.
+      split: ``"train"`` or ``"test"``.
+      data_dir: a folder holding the data set's files (IDX files, CIFAR
+        batches, an image-folder tree or its ``.tar.gz``) or a TFDS copy.
+      download: False skips the last source.
+      shard: ``(index, count)``: only the ``index``-th of ``count`` consecutive
+        blocks, rows ``[index * n // count, (index + 1) * n // count)`` (no row
+        is dropped), e.g. ``funcnets.parallel.process_shard()``.
+      cache_dir: funcnets' cache (downloads in ``<cache_dir>/data``, decoded
+        image folders in ``<cache_dir>/image_folders``); default ``~/.cache/funcnets``.
+
+    Returns:
+      A `Dataset`: uint8 NHWC ``images``, int32 ``labels`` and its ``info``
+      (classes, shape, normalisation constants, ``source``).
+
+    Raises:
+      DatasetNotFoundError: no source had it (the message lists each one tried
+        and how to get the data).
+      CorruptDatasetError: a file is truncated or malformed (named).
+
+    >>> import funcnets as fn
+    >>> test = fn.data.load("digits", "test")
+    >>> test.images.shape, test.images.dtype, test.info.source
+    ((360, 28, 28, 1), dtype('uint8'), 'scikit-learn load_digits')
     """
     if name not in _SPECS:
         raise ValueError(f"unknown dataset {name!r}; choose one of {', '.join(names())}")
@@ -179,7 +199,21 @@ def load(name: str, split: str = "train", *, data_dir: str | os.PathLike | None 
 
 def normalize(images: np.ndarray, info: DatasetInfo) -> np.ndarray:
     """``(images / 255 - mean) / std`` per channel, as ``transforms.Normalize`` after
-    ``ToTensor``: float32, computed once over the whole array."""
+    ``ToTensor``: float32, computed once over the whole array, in that order
+    (the same bits as PyTorch's).
+
+    Args:
+      images: uint8 images as loaded, channels last.
+      info: their `DatasetInfo` (its ``mean`` and ``std``, one per channel).
+
+    Returns:
+      A new float32 array of ``images``' shape.
+
+    >>> import numpy as np, funcnets as fn
+    >>> info = fn.data.load("digits", "test").info._replace(mean=(0.5,), std=(0.5,))
+    >>> fn.data.normalize(np.array([[0, 255]], np.uint8)[..., None], info).ravel().tolist()
+    [-1.0, 1.0]
+    """
     if images.dtype != np.uint8:
         raise TypeError(f"images must be uint8 as loaded, got {images.dtype}")
     mean = np.asarray(info.mean, np.float32)

@@ -599,10 +599,27 @@ def names() -> list[str]:
 
 
 def get(name: str, **options) -> Model:
-    """The model called ``name``; ``options`` go to its constructor, which takes
-    its tutorial's arguments: ``get("mnist_mlp", n_hidden=200)``,
-    ``get("simple_net", input_size=784, output_size=10)``,
-    ``get("cifar_cnn", output_dim=10)``, and ``dropout`` rates for the nets with dropout."""
+    """The tutorial net called ``name``, built with its tutorial's arguments.
+
+    Args:
+      name: one of `names` (``mnist_mlp``, ``simple_net``, ``mnist_cnn``,
+        ``mastering_cnn``, ``cifar_cnn``).
+      **options: its constructor's arguments: ``n_in``/``n_hidden``/``n_out``
+        (``mnist_mlp``), ``input_size``/``output_size`` (``simple_net``),
+        ``output_dim`` (``cifar_cnn``), and ``dropout`` rates for the nets with
+        dropout.
+
+    Returns:
+      A `Model`; equal calls give equal models (they share compiled steps).
+
+    Raises:
+      ValueError: an unknown name (the message lists the known ones).
+      TypeError: an option the net does not take.
+
+    >>> import funcnets as fn
+    >>> fn.models.get("mnist_mlp", n_hidden=200).param_count
+    159010
+    """
     if name not in _REGISTRY:
         raise ValueError(f"unknown model {name!r}; choose one of {', '.join(names())}")
     try:

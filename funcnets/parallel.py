@@ -92,7 +92,7 @@ def _env_int(name: str) -> int | None:
 def initialize(coordinator_address: str | None = None, num_processes: int | None = None,
                process_id: int | None = None, *, local_device_ids: Sequence[int] | None = None,
                timeout_s: int = 300, heartbeat_timeout_s: int = HEARTBEAT_TIMEOUT_S,
-               shutdown_timeout_s: int = SHUTDOWN_TIMEOUT_S) -> ProcessInfo:
+               shutdown_timeout_s: int = SHUTDOWN_TIMEOUT_S, recoverable: bool = False) -> ProcessInfo:
     """Joins this process to a multi-process JAX run (`jax.distributed.initialize`).
 
     Each setting comes from, in order: the argument; the environment variables
@@ -107,12 +107,14 @@ def initialize(coordinator_address: str | None = None, num_processes: int | None
 
     A lost process: JAX's coordination service declares a process dead when
     its heartbeats stop for ``heartbeat_timeout_s`` (JAX's default is 100 s),
-    and waits at most ``shutdown_timeout_s`` for the others at exit. This call
-    also turns on ``jax_enable_recoverability`` (a process-wide JAX setting, as
-    the distributed runtime itself is), so that the survivors see the loss as a
-    Python exception in their next collective, not a native abort of the
-    process: `funcnets.fit` raises it as `PeerLostError`. ``timeout_s``: how
-    long to wait for every process to join.
+    and waits at most ``shutdown_timeout_s`` for the others at exit.
+    ``recoverable=True`` also turns on ``jax_enable_recoverability`` (a
+    process-wide JAX setting), so that the survivors see the loss as a Python
+    exception in their next collective instead of a native abort at the
+    heartbeat timeout: `funcnets.fit` raises it as `PeerLostError`. JAX's own
+    shutdown then no longer waits for the other processes, so end such a run
+    with `shutdown` (a barrier first), as the experiment scripts do.
+    ``timeout_s``: how long to wait for every process to join.
     """
     if jax.distributed.is_initialized():
         return _info()
@@ -132,7 +134,8 @@ def initialize(coordinator_address: str | None = None, num_processes: int | None
         raise ValueError(f"process_id must lie in [0, num_processes): got process_id={index}, "
                          f"num_processes={count}")
     try:
-        jax.config.update("jax_enable_recoverability", True)
+        if recoverable:
+            jax.config.update("jax_enable_recoverability", True)
         jax.distributed.initialize(address, count, index, local_device_ids=local_device_ids,
                                    initialization_timeout=timeout_s, heartbeat_timeout_seconds=heartbeat_timeout_s,
                                    shutdown_timeout_seconds=shutdown_timeout_s)
@@ -142,6 +145,21 @@ def initialize(coordinator_address: str | None = None, num_processes: int | None
                                "(call it first thing in the program)") from error
         raise
     return _info()
+
+
+def shutdown() -> None:
+    """End a multi-process run: every process waits for the others (a collective
+    over all devices), then leaves JAX's distributed runtime. Needed after
+    ``initialize(recoverable=True)``, where JAX's shutdown does not wait and a
+    process that leaves first takes the coordination service with it; harmless
+    otherwise, and a no-op in a single process."""
+    if not jax.distributed.is_initialized():
+        return
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+
+        multihost_utils.sync_global_devices("funcnets.parallel.shutdown")
+    jax.distributed.shutdown()
 
 
 def data_mesh(devices: Sequence[Any] | None = None) -> Mesh:

@@ -70,16 +70,33 @@ class TrainState(struct.PyTreeNode):
 def create_train_state(model: Model, tx: optax.GradientTransformation, key: jax.Array, *,
                        params: Params | None = None, dtype=jnp.float32,
                        compute_dtype=None) -> TrainState:
-    """A fresh state: ``params`` from ``model.init`` (PyTorch's init, in
-    ``dtype``) unless given (e.g. ported with `funcnets.interop.params_from_torch`),
-    the optimizer state from ``tx.init(params)``, and a dropout key, all from ``key``.
+    """A fresh `TrainState`: step 0, params, optimizer state, dropout key.
 
-    ``compute_dtype``: mixed precision. ``jnp.bfloat16`` runs the forward and
-    backward passes in bfloat16 (params and images cast on the way in, the
-    outputs cast back to the params' dtype before the loss) while the params,
-    their gradients and the optimizer state stay in ``dtype``, as
-    ``torch.autocast(dtype=torch.bfloat16)`` with float32 master weights does.
-    None (default): compute in ``dtype``.
+    ``key`` splits into the init key and the dropout key; ``params =
+    model.init(init_key, dtype)`` (PyTorch's default init) unless given, and
+    ``opt_state = tx.init(params)``.
+
+    Args:
+      model: a `funcnets.models.Model` (``fn.models.get(name)``, `sequential`,
+        `from_flax`, `from_functions`).
+      tx: an ``optax.GradientTransformation``, e.g. ``fn.optim.sgd(lr=0.01)``.
+      key: a PRNG key (``jax.random.key(seed)``).
+      params: start from these instead (e.g. ported with
+        `funcnets.interop.params_from_torch`); their shapes are checked.
+      dtype: the params' dtype when initialised here.
+      compute_dtype: mixed precision: ``jnp.bfloat16`` runs the forward and
+        backward passes in bfloat16 (params and images cast on the way in, the
+        outputs cast back before the loss) while params, gradients and
+        optimizer state stay in ``dtype``, as ``torch.autocast`` over float32
+        weights does. None: compute in ``dtype``.
+
+    Returns:
+      The state; ``train_step(state, batch)`` takes it.
+
+    >>> import jax, funcnets as fn
+    >>> state = fn.create_train_state(fn.models.get("mnist_mlp"), fn.optim.sgd(lr=0.01), jax.random.key(0))
+    >>> int(state.step), state.params["linear1"]["kernel"].shape
+    (0, (784, 100))
     """
     if not isinstance(model, Model):
         raise TypeError(f"model must be a funcnets Model (funcnets.models.get(name)), got {model!r}")
@@ -376,17 +393,34 @@ def place_state(state: TrainState, mesh: Mesh | None) -> TrainState:
 def train_epoch(state: TrainState, images, labels, *, batch_size: int, rng: jax.Array | None = None,
                 drop_last: bool = False, scan: bool | None = None,
                 mesh: Mesh | None = None) -> tuple[TrainState, Metrics]:
-    """One epoch over ``images``/``labels`` (the whole split; put on the device once).
+    """One epoch over a whole split, its data put on the device once.
 
     Batches follow ``epoch_order(n, rng)`` as ``DataLoader(batch_size, shuffle,
-    drop_last)`` would cut them: ``ceil(n / batch_size)`` steps, the last one
-    smaller, unless ``drop_last``. Returns the new state and per-step
-    ``{"loss", "accuracy"}`` arrays (and ``"lr"``, as `run_steps`). The input
-    state is donated.
+    drop_last)`` cuts them: ``ceil(n / batch_size)`` steps, the last one
+    smaller (``n // batch_size`` with ``drop_last``).
 
-    ``mesh`` (`funcnets.parallel.data_mesh`): data-parallel over its devices,
-    the same batches as on one device; ``batch_size`` must divide by the
-    device count.
+    Args:
+      state: the train state; donated (use the returned one).
+      images, labels: the split: normalised float images (NHWC) and int labels.
+      batch_size: examples per step.
+      rng: the key of this epoch's order; None: ``0..n-1`` (``shuffle=False``).
+      drop_last: leave out the last, smaller batch.
+      scan: one ``lax.scan`` program (True) or a jitted step per batch (False);
+        default `uses_scan`.
+      mesh: data-parallel over this mesh's devices (`funcnets.parallel.data_mesh`),
+        the same batches as on one device; ``batch_size`` must divide by the
+        device count.
+
+    Returns:
+      ``(state, metrics)``: per-step ``"loss"`` and ``"accuracy"`` arrays, and
+      ``"lr"`` when the optimizer keeps it (`run_steps`).
+
+    >>> import jax, jax.numpy as jnp, funcnets as fn
+    >>> state = fn.create_train_state(fn.models.get("mnist_mlp"), fn.optim.sgd(lr=0.01), jax.random.key(0))
+    >>> images, labels = jnp.zeros((100, 28, 28, 1)), jnp.zeros((100,), jnp.int32)
+    >>> state, metrics = fn.train_epoch(state, images, labels, batch_size=32, rng=jax.random.key(1))
+    >>> metrics["loss"].shape, int(state.step)
+    ((4,), 4)
     """
     if mesh is not None:
         parallel.check_batch_size(batch_size, mesh)
@@ -432,12 +466,29 @@ def _eval_split(state, images, labels, batch_size: int, loss_fn=None):
 
 def evaluate(state: TrainState, images, labels, *, batch_size: int = 1000,
              mesh: Mesh | None = None) -> dict[str, float]:
-    """Loss and accuracy over a whole split, dropout off, in batches of ``batch_size``.
+    """Loss and accuracy over a whole split, dropout off::
 
-    Each batch's mean loss is weighted by its size, so the ragged last batch
-    counts exactly as its examples; sums accumulate in float64 on the host.
-    Without a ``mesh``, the whole split is one program; with one, batches that
-    divide by its device count are split over it.
+        loss = sum_b |b| * mean_loss(b) / n,   accuracy = sum_b correct(b) / n
+
+    over batches ``b`` of ``batch_size`` (the last one smaller), so the ragged
+    batch counts exactly as its examples; the sums accumulate in float64 on
+    the host.
+
+    Args:
+      state: the train state (not donated).
+      images, labels: the split: normalised float images (NHWC) and int labels.
+      batch_size: examples per forward pass (the tutorials' test batch size).
+      mesh: split the batches that divide by its device count over it.
+        Without one, the whole split is one program (``lax.map`` over the batches).
+
+    Returns:
+      ``{"loss": float, "accuracy": float}``.
+
+    >>> import jax, jax.numpy as jnp, funcnets as fn
+    >>> state = fn.create_train_state(fn.models.get("mnist_mlp"), fn.optim.sgd(lr=0.01), jax.random.key(0))
+    >>> scores = fn.evaluate(state, jnp.zeros((10, 28, 28, 1)), jnp.zeros((10,), jnp.int32), batch_size=4)
+    >>> sorted(scores)
+    ['accuracy', 'loss']
     """
     images, labels = device_split(state, images, labels, batch_size, mesh=mesh)
     state = place_state(state, mesh)

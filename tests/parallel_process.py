@@ -72,7 +72,7 @@ def main(out: str) -> None:
     arrays.update({f"loop/{name}/{k}": v for name, layer in _host(looped.params).items() for k, v in layer.items()})
     np.savez(f"{out}/process{info.process_id}.npz", rows=len(shard.labels), fit_loss=history[-1]["loss"],
              loop_losses=loop_losses, eval_loss=evaluation["loss"], eval_accuracy=evaluation["accuracy"], **arrays)
-    jax.distributed.shutdown()
+    fn.parallel.shutdown()
 
 
 if __name__ == "__main__":

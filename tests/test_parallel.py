@@ -185,3 +185,8 @@ def test_compute_dtype_must_be_floating():
     with pytest.raises(TypeError, match="compute_dtype must be a floating dtype"):
         fn.create_train_state(fn.models.get("mnist_mlp"), fn.optim.sgd(lr=0.1), jax.random.key(0),
                               compute_dtype=jnp.int8)
+
+
+def test_shutdown_is_a_no_op_in_a_single_process():
+    fn.parallel.shutdown()
+    assert not jax.distributed.is_initialized() and jax.process_count() == 1
