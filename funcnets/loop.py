@@ -71,6 +71,15 @@ class Report:
     log: Callable[[str], None] | None = print
     step_losses: bool = False
 
+    def __post_init__(self):
+        if self.metrics_path is not None and not isinstance(self.metrics_path, (str, os.PathLike)):
+            raise TypeError(f"metrics_path must be a path or None, got {type(self.metrics_path).__name__}")
+        for name in ("progress", "step_losses"):
+            if not isinstance(getattr(self, name), bool):
+                raise TypeError(f"{name} must be True or False, got {getattr(self, name)!r}")
+        if self.log is not None and not callable(self.log):
+            raise TypeError(f"log must be a function taking a line (e.g. print) or None, got {self.log!r}")
+
     @classmethod
     def silent(cls, metrics_path: str | os.PathLike | None = None) -> "Report":
         """No bar, no lines (a metrics file only if given)."""

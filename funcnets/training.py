@@ -494,7 +494,7 @@ def evaluate(state: TrainState, images, labels, *, batch_size: int = 1000,
     state = place_state(state, mesh)
     n = images.shape[0]
     if mesh is None:
-        sums = [jax.device_get(_eval_split(state, images, labels, batch_size))]
+        sums = [_eval_split(state, images, labels, batch_size)]
     else:
         sums = []
         for i in range(0, n, batch_size):
@@ -502,7 +502,8 @@ def evaluate(state: TrainState, images, labels, *, batch_size: int = 1000,
             if batch[1].shape[0] % mesh.shape[parallel.DATA_AXIS] == 0:
                 batch = jax.device_put(batch, (parallel.batch_sharded(mesh, batch[0].ndim),
                                                parallel.batch_sharded(mesh)))
-            sums.append(jax.device_get(_eval_sums(state, *batch)))
+            sums.append(_eval_sums(state, *batch))
+    sums = jax.device_get(sums)   # one host sync for the whole split
     loss_sum, correct = (np.asarray(np.concatenate([np.atleast_1d(p) for p in part]), np.float64).sum()
                          for part in zip(*sums))
     return {"loss": float(loss_sum / n), "accuracy": float(correct / n)}

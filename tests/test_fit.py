@@ -215,3 +215,14 @@ def test_scan_is_used_except_for_convolutions_on_cpu():
     convolutional = {"mnist_cnn", "mastering_cnn", "cifar_cnn"}
     for name in fn.models.names():
         assert uses_scan(fn.models.get(name)) == (name not in convolutional or jax.default_backend() != "cpu")
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    ({"metrics_path": 3}, "metrics_path must be a path or None"),
+    ({"progress": "yes"}, "progress must be True or False"),
+    ({"step_losses": 1}, "step_losses must be True or False"),
+    ({"log": "stdout"}, "log must be a function"),
+])
+def test_report_rejects_bad_settings_when_made(kwargs, match):
+    with pytest.raises(TypeError, match=match):
+        fn.loop.Report(**kwargs)
