@@ -14,7 +14,7 @@ the offline JPEG copy, unpacked or its ``.tar.gz``); with network and no
     python -m experiments.cifar10_cnn --data-dir ../shared/data/cifar10-jpeg [--framework torch] [--help]
 """
 
-from experiments.tutorial import Tutorial, main
+from experiments.tutorial import Tutorial, run_as_script
 
 TUTORIAL = Tutorial(
     name="cifar10_cnn", model="cifar_cnn", source='"Deep Learning Deep Dive" (CIFAR-10 Net, the author\'s code)',
@@ -23,4 +23,4 @@ TUTORIAL = Tutorial(
     normalization=((0.1307,), (0.3081,)), test_dropout=True)
 
 if __name__ == "__main__":
-    main(TUTORIAL)
+    run_as_script(TUTORIAL)

@@ -8,7 +8,7 @@ after epoch 1 and 98.50% after epoch 2 (test loss 0.0537, 0.0489).
     python -m experiments.mastering_cnn [--framework torch] [--help]
 """
 
-from experiments.tutorial import MNIST_LIKE, Tutorial, main
+from experiments.tutorial import MNIST_LIKE, Tutorial, run_as_script
 
 TUTORIAL = Tutorial(
     name="mastering_cnn", model="mastering_cnn", source='"Mastering PyTorch" ch. 1 (ConvNet)',
@@ -17,4 +17,4 @@ TUTORIAL = Tutorial(
     normalization=((0.1302,), (0.3069,)))
 
 if __name__ == "__main__":
-    main(TUTORIAL)
+    run_as_script(TUTORIAL)

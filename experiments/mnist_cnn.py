@@ -6,7 +6,7 @@ Adadelta lr 1.0, ``StepLR(step_size=1, gamma=0.7)``, batch 64, test batch 1000,
     python -m experiments.mnist_cnn [--framework torch] [--help]
 """
 
-from experiments.tutorial import MNIST_LIKE, Tutorial, main
+from experiments.tutorial import MNIST_LIKE, Tutorial, run_as_script
 
 TUTORIAL = Tutorial(
     name="mnist_cnn", model="mnist_cnn", source="pytorch/examples mnist/main.py (Net)",
@@ -14,4 +14,4 @@ TUTORIAL = Tutorial(
     gamma=0.7, reported="~99% test accuracy on MNIST after 14 epochs (pytorch/examples' README)")
 
 if __name__ == "__main__":
-    main(TUTORIAL)
+    run_as_script(TUTORIAL)

@@ -7,7 +7,7 @@ SGD lr 0.01, batch 64, 10 epochs (the tutorial reports 96% test accuracy).
     python -m experiments.mnist_mlp --help
 """
 
-from experiments.tutorial import MNIST_LIKE, Tutorial, main
+from experiments.tutorial import MNIST_LIKE, Tutorial, run_as_script
 
 TUTORIAL = Tutorial(
     name="mnist_mlp", model="mnist_mlp", source='"A Neural Net in PyTorch" (MNIST MLP)',
@@ -16,4 +16,4 @@ TUTORIAL = Tutorial(
     model_flags=(("n_hidden", 100, "neurons in the hidden layer, SimpleNeuralNet's n_hidden"),))
 
 if __name__ == "__main__":
-    main(TUTORIAL)
+    run_as_script(TUTORIAL)

@@ -60,10 +60,13 @@ def _subplots(*args, **kwargs):
     return figure, figure.subplots(*args, **kwargs)
 
 
-def _save(figure, path: pathlib.Path) -> pathlib.Path:
+def _save(figure, path: pathlib.Path, *, tight: bool = True) -> pathlib.Path:
+    """``figure`` as a PNG at ``path``; ``tight``: lay it out with ``tight_layout``
+    first (an extra rendering pass; False where the figure's margins are set)."""
     path = pathlib.Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    figure.tight_layout()
+    if tight:
+        figure.tight_layout()
     figure.savefig(path, dpi=110)
     return path
 
@@ -94,17 +97,19 @@ def _panels(runs: dict[str, list[dict]], title: str):
         axes.grid(alpha=0.3)
         axes.legend(fontsize=8)
     figure.suptitle(title)
+    # Fixed margins rather than tight_layout, whose extra rendering pass costs a run's end ~0.15 s.
+    figure.subplots_adjust(left=0.045, right=0.99, bottom=0.12, top=0.86, wspace=0.2)
     return figure
 
 
 def plot_run(records: list[dict], path, *, title: str) -> pathlib.Path:
     """One run's curves."""
-    return _save(_panels({"run": records}, title), path)
+    return _save(_panels({"run": records}, title), path, tight=False)
 
 
 def plot_comparison(runs: dict[str, list[dict]], path, *, title: str) -> pathlib.Path:
     """Both frameworks' curves overlaid (``runs`` maps "jax"/"torch" to records)."""
-    return _save(_panels(runs, title), path)
+    return _save(_panels(runs, title), path, tight=False)
 
 
 def plot_difference(jax_losses: np.ndarray, torch_losses: np.ndarray, path, *, title: str) -> pathlib.Path:

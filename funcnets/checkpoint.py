@@ -75,10 +75,16 @@ def _arrays(state: TrainState) -> dict[str, Any]:
             "rng": jax.random.key_data(state.rng)}
 
 
+@jax.jit
+def _copy(tree):
+    return jax.tree.map(jnp.copy, tree)
+
+
 def _snapshot(state: TrainState) -> dict[str, Any]:
     # The training loop donates the state's buffers to the next step while the
-    # asynchronous save may still be reading them: save a copy.
-    return jax.tree.map(jnp.copy, _arrays(state))
+    # asynchronous save may still be reading them: save a copy (one program for
+    # the whole tree).
+    return _copy(_arrays(state))
 
 
 class Checkpointer:

@@ -17,7 +17,7 @@ rounding, or bit for bit for the dropout bits):
 `add_bias`                 a conv's bias gradient as a matrix-vector product
 `threefry2x32_hash`        Threefry written out, so XLA fuses the dropout mask
                            into one elementwise loop
-`compiler_options`         conv nets compile with XLA's YNNPACK fusions off
+`compiler_options`         programs compile with XLA's YNNPACK fusions off
 `scan_is_slow`             conv nets run a jitted step per batch, not a scan
 =========================  ====================================================
 
@@ -46,18 +46,18 @@ def fast_paths() -> bool:
     return value == "on" and jax.default_backend() == "cpu"
 
 
-# --- compile-time choices for convolutional nets --------------------------------------
+# --- compile-time choices ---------------------------------------------------------------
 
-# XLA:CPU routes convolutions through YNNPACK fusions by default; for these nets'
-# training steps XLA's own path is faster, while dense layers run best with the default.
-_CONV_OPTIONS = {"xla_cpu_experimental_ynn_fusion_type": ""}
+# XLA:CPU routes dots and convolutions through YNNPACK fusions by default; for these
+# nets' training steps (dense and convolutional) XLA's own Eigen path is faster.
+_OPTIONS = {"xla_cpu_experimental_ynn_fusion_type": ""}
 
 
-def compiler_options(has_conv: bool) -> dict[str, str]:
-    """XLA options for a net's programs on the current backend: YNNPACK fusions off
-    for convolutional nets on the CPU; none otherwise."""
-    if has_conv and jax.default_backend() == "cpu":
-        return dict(_CONV_OPTIONS)
+def compiler_options() -> dict[str, str]:
+    """XLA options for funcnets' programs on the current backend: YNNPACK fusions
+    off on the CPU; none elsewhere."""
+    if jax.default_backend() == "cpu":
+        return dict(_OPTIONS)
     return {}
 
 

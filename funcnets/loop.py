@@ -3,7 +3,8 @@
 The side effects live here (progress bar, log lines, the metrics file of
 `funcnets.metrics`, checkpoints); the training itself is
 `funcnets.training.run_steps`, run on the device in chunks of ``log_every``
-steps. The next chunk is dispatched before the previous one's metrics are read,
+steps (`funcnets.training.padded_steps`: one program for every chunk length
+where the steps are a loop). The next chunk is dispatched before the previous one's metrics are read,
 so the device does not wait for the host; a chunk whose end is due for a
 checkpoint is read first, so a NaN is never saved.
 
@@ -31,8 +32,8 @@ from funcnets import keys
 from funcnets.metrics import MetricsLog, epoch_line
 from funcnets.checkpoint import Checkpointer, Progress
 from funcnets.parallel import PeerLostError, check_batch_size
-from funcnets.training import (TrainState, device_split, batch_index, epoch_order, evaluate, place_state,
-                               run_steps)
+from funcnets.training import (TrainState, abstract, batch_index, compile_ahead, device_split, epoch_order,
+                               evaluate, padded_steps, place_state, run_steps, uses_scan)
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -179,14 +180,20 @@ def fit(state: TrainState, train: tuple, test: tuple | None = None, *, epochs: i
     state = place_state(state, mesh)
     record = MetricsLog(report.metrics_path, resume_step=int(state.step) if resume else None).write
 
+    scan = uses_scan(state.model)
+    # The programs an epoch runs only at its end (its last, smaller batch; the evaluation)
+    # compile in a background thread once the first chunk runs (`compile_ahead`), which is
+    # joined before the first of them runs. One device and one process only: there their
+    # shardings are the default ones.
+    shapes = None if mesh is not None or jax.process_count() > 1 else abstract(state)
+    compiling = None
     history = []
     try:
         for epoch in range(start.epoch, epochs):
             epoch_start = time.perf_counter()
             # The epoch's batches as host arrays: chunks are cut on the host, and each goes
             # to the device with its dispatch (no small device programs to slice them).
-            parts = [np.asarray(part) for part in
-                     batch_index(epoch_order(n, jax.random.fold_in(rng, epoch)), batch_size, drop_last)]
+            parts = batch_index(np.asarray(epoch_order(n, jax.random.fold_in(rng, epoch))), batch_size, drop_last)
             resuming = epoch == start.epoch
             position = start.position if resuming else 0
             totals = _EpochTotals(start.loss_sum, start.accuracy_sum) if resuming else _EpochTotals()
@@ -200,9 +207,21 @@ def fit(state: TrainState, train: tuple, test: tuple | None = None, *, epochs: i
             pending = None   # the chunk dispatched last, whose metrics are not read yet
             chunk_start = time.perf_counter()
             for first, rows in _chunks(parts, position, log_every):
-                state, metrics = run_steps(state, train_images, train_labels, rows, mesh=mesh)
+                if compiling is not None and rows.shape[1] != batch_size:
+                    compiling.join()
+                    compiling = None
+                if scan:   # every chunk, the last shorter one too, in one program
+                    state, metrics = padded_steps(state, train_images, train_labels, rows, log_every, mesh=mesh)
+                else:
+                    state, metrics = run_steps(state, train_images, train_labels, rows, scan=False, mesh=mesh)
                 step += rows.shape[0]
                 done = first + rows.shape[0]
+                if shapes is not None:
+                    ragged = parts[-1] if parts[-1].shape[1] != batch_size else None
+                    compiling = compile_ahead(shapes, train_images, train_labels, ragged_rows=ragged,
+                                              length=log_every, scan=scan, test_batch_size=test_batch_size,
+                                              test=None if test is None else (test_images, test_labels))
+                    shapes = None
                 if pending is not None:   # read the previous chunk while this one runs
                     chunk_start = read(pending, chunk_start)
                 pending = (first, rows, metrics, step)
@@ -217,6 +236,9 @@ def fit(state: TrainState, train: tuple, test: tuple | None = None, *, epochs: i
             bar.close()
             entry = {"kind": "epoch", "step": step, "epoch": epoch,
                      "loss": totals.loss_sum / epoch_steps, "accuracy": totals.accuracy_sum / epoch_steps}
+            if compiling is not None:
+                compiling.join()
+                compiling = None
             if test is not None:
                 scores = evaluate(state, test_images, test_labels, batch_size=test_batch_size, mesh=mesh)
                 entry.update(test_loss=scores["loss"], test_accuracy=scores["accuracy"])
@@ -258,7 +280,9 @@ def _report_chunk(chunk, chunk_start: float, epoch: int, totals: _EpochTotals, b
     """
     first, rows, metrics, step = chunk
     losses, accuracies, lr = jax.device_get((metrics["loss"], metrics["accuracy"], metrics.get("lr")))
-    losses, accuracies = np.asarray(losses, np.float64), np.asarray(accuracies, np.float64)
+    count = rows.shape[0]   # the metrics may be padded past the chunk's steps (`padded_steps`)
+    losses, accuracies = np.asarray(losses, np.float64)[:count], np.asarray(accuracies, np.float64)[:count]
+    lr = None if lr is None else np.asarray(lr)[:count]
     # The rate of the chunk's last step, as the shortest decimal its dtype rounds back to (0.01, not
     # 0.009999999776482582 for a float32 0.01), as PyTorch's records show it.
     totals.lr = None if lr is None else float(np.format_float_positional(np.asarray(lr)[-1], unique=True))

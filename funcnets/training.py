@@ -17,7 +17,9 @@ pure function, compiled once per batch shape and dtype.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
+import threading
 import warnings
 from typing import Any, Callable
 
@@ -25,7 +27,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from flax import struct
 from jax.sharding import Mesh
 
 from funcnets import cpu, keys, layers, losses, optim, parallel
@@ -35,7 +36,10 @@ Batch = tuple[Any, Any]
 Metrics = dict[str, jax.Array]
 
 
-class TrainState(struct.PyTreeNode):
+@functools.partial(jax.tree_util.register_dataclass, data_fields=["step", "params", "opt_state", "rng"],
+                   meta_fields=["tx", "model", "compute_dtype"])
+@dataclasses.dataclass(frozen=True)
+class TrainState:
     """What a training step reads and returns (a pytree; the static fields ride
     along as metadata, so the step compiles once per model and optimizer).
 
@@ -55,9 +59,13 @@ class TrainState(struct.PyTreeNode):
     params: Params
     opt_state: optax.OptState
     rng: jax.Array
-    tx: optax.GradientTransformation = struct.field(pytree_node=False)
-    model: Model = struct.field(pytree_node=False)
-    compute_dtype: Any = struct.field(pytree_node=False, default=None)
+    tx: optax.GradientTransformation
+    model: Model
+    compute_dtype: Any = None
+
+    def replace(self, **changes) -> "TrainState":
+        """A copy with ``changes`` (``dataclasses.replace``)."""
+        return dataclasses.replace(self, **changes)
 
     def apply_gradients(self, *, grads: Params) -> "TrainState":
         """``updates, opt_state = tx.update(grads, opt_state, params)``;
@@ -110,13 +118,23 @@ def create_train_state(model: Model, tx: optax.GradientTransformation, key: jax.
         compute_dtype = jnp.dtype(compute_dtype)
         if not jnp.issubdtype(compute_dtype, jnp.floating):
             raise TypeError(f"compute_dtype must be a floating dtype such as jnp.bfloat16, got {compute_dtype}")
+    if params is None:
+        step, params, opt_state, dropout_key = _initial_state(model, tx, key, jnp.dtype(dtype))
+    else:
+        _check_params(model, params)
+        step, _, opt_state, dropout_key = _initial_state(model, tx, key, None, params)
+    return TrainState(step=step, params=params, opt_state=opt_state, rng=dropout_key,
+                      tx=tx, model=model, compute_dtype=compute_dtype)
+
+
+@functools.partial(jax.jit, static_argnums=(0, 1, 3))
+def _initial_state(model: Model, tx: optax.GradientTransformation, key: jax.Array, dtype, params=None):
+    """``(step 0, params, tx.init(params), dropout key)`` in one program; the params
+    are ``model.init(init_key, dtype)`` unless given; ``key -> (init_key, dropout_key)``."""
     init_key, dropout_key = jax.random.split(key)
     if params is None:
         params = model.init(init_key, dtype)
-    else:
-        _check_params(model, params)
-    return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params), rng=dropout_key,
-                      tx=tx, model=model, compute_dtype=compute_dtype)
+    return jnp.zeros((), jnp.int32), params, tx.init(params), dropout_key
 
 
 def _check_params(model: Model, params) -> None:
@@ -172,15 +190,9 @@ def _has_conv(model: Model) -> bool:
     return any(len(leaf.shape) == 4 for leaf in jax.tree.leaves(model.param_shapes()))
 
 
-def compiler_options(model: Model) -> dict[str, str]:
-    """The XLA options ``model``'s programs compile with on the current backend
-    (`funcnets.cpu.compiler_options`)."""
-    return cpu.compiler_options(_has_conv(model))
-
-
-class _jit_per_model:  # noqa: N801 (used as a decorator, like jax.jit)
-    """``jax.jit(fun, **jit_kwargs)``, compiled with `compiler_options` of the
-    model in ``fun``'s first argument (a `TrainState`): one jitted function per
+class _jit_with_options:  # noqa: N801 (used as a decorator, like jax.jit)
+    """``jax.jit(fun, **jit_kwargs)``, compiled with the backend's XLA options
+    (`funcnets.cpu.compiler_options`, read at each call): one jitted function per
     distinct set of options. An option this jaxlib does not know is dropped
     (for this function, with a warning)."""
 
@@ -198,8 +210,12 @@ class _jit_per_model:  # noqa: N801 (used as a decorator, like jax.jit)
             self._by_options[key] = jax.jit(self._fun, compiler_options=options or None, **self._jit_kwargs)
         return self._by_options[key]
 
+    def lower(self, state, *args, **kwargs):
+        """``jax.jit(...).lower`` with the backend's options (`compile_ahead`)."""
+        return self.jitted(cpu.compiler_options()).lower(state, *args, **kwargs)
+
     def __call__(self, state, *args, **kwargs):
-        options = compiler_options(state.model)
+        options = cpu.compiler_options()
         try:
             return self.jitted(options)(state, *args, **kwargs)
         except Exception as error:  # an older jaxlib without the option: compile without it
@@ -255,7 +271,7 @@ def make_train_step(loss_fn: losses.LossFn | None = None) -> Callable[[TrainStat
     ``ValueError``/``TypeError`` rather than an XLA error. The state is not
     donated: the caller's old state stays usable.
     """
-    step = _jit_per_model(functools.partial(apply_step, loss_fn=loss_fn))
+    step = _jit_with_options(functools.partial(apply_step, loss_fn=loss_fn))
 
     def train_step(state: TrainState, batch: Batch) -> tuple[TrainState, Metrics]:
         images, labels = _check_batch(state, batch, class_labels=loss_fn is None)
@@ -269,7 +285,7 @@ def make_eval_step(loss_fn: losses.LossFn | None = None) -> Callable[[TrainState
     """A jitted ``eval_step(state, batch) -> metrics``: the batch's mean loss
     (and accuracy) with dropout off; ``loss_fn`` as in `make_train_step`."""
 
-    @_jit_per_model
+    @_jit_with_options
     def step(state: TrainState, images, labels):
         objective = _objective(state, loss_fn)
         outputs = forward(state, state.params, images)
@@ -299,6 +315,11 @@ def epoch_order(num_examples: int, rng: jax.Array | None) -> jax.Array:
     ``0..n-1`` when ``rng`` is None (``DataLoader(shuffle=False)``)."""
     if rng is None:
         return jnp.arange(num_examples, dtype=jnp.int32)
+    return _permutation(rng, num_examples)
+
+
+@functools.partial(jax.jit, static_argnums=(1,))
+def _permutation(rng: jax.Array, num_examples: int) -> jax.Array:
     return jax.random.permutation(rng, num_examples).astype(jnp.int32)
 
 
@@ -330,19 +351,34 @@ def _step_on_rows(state, images, labels, rows, loss_fn):
     return state, metrics if lr is None else {**metrics, "lr": lr}
 
 
-@functools.partial(_jit_per_model, static_argnames=("loss_fn",), donate_argnums=(0,))
+@functools.partial(_jit_with_options, static_argnames=("loss_fn",), donate_argnums=(0,))
 def _scan_steps(state, images, labels, index, loss_fn=None):
     return jax.lax.scan(lambda carry, rows: _step_on_rows(carry, images, labels, rows, loss_fn), state, index)
 
 
-@functools.partial(_jit_per_model, static_argnames=("loss_fn",), donate_argnums=(0,))
+@functools.partial(_jit_with_options, static_argnames=("loss_fn",), donate_argnums=(0,))
+def _loop_steps(state, images, labels, index, count, loss_fn=None):
+    """`_scan_steps` on the first ``count`` (traced) rows of ``index``: one program for
+    every count up to ``index.shape[0]``; the metrics past ``count`` are zeros."""
+    shapes = jax.eval_shape(lambda s, r: _step_on_rows(s, images, labels, r, loss_fn)[1], state, index[0])
+    history = jax.tree.map(lambda m: jnp.zeros((index.shape[0], *m.shape), m.dtype), shapes)
+
+    def body(k, carry):
+        state, history = carry
+        state, metrics = _step_on_rows(state, images, labels, index[k], loss_fn)
+        return state, jax.tree.map(lambda h, m: h.at[k].set(m), history, metrics)
+
+    return jax.lax.fori_loop(0, count, body, (state, history))
+
+
+@functools.partial(_jit_with_options, static_argnames=("loss_fn",), donate_argnums=(0,))
 def _indexed_step(state, images, labels, rows, loss_fn=None):
     return _step_on_rows(state, images, labels, rows, loss_fn)
 
 
 def run_steps(state: TrainState, images: jax.Array, labels: jax.Array, index: jax.Array, *,
               loss_fn: losses.LossFn | None = None, scan: bool | None = None,
-              mesh: Mesh | None = None) -> tuple[TrainState, Metrics]:
+              mesh: Mesh | None = None, length: int | None = None) -> tuple[TrainState, Metrics]:
     """``index.shape[0]`` training steps, step ``k`` on the examples ``index[k]``
     of the device-resident ``images``/``labels``; metrics stacked per step
     (``"loss"``, ``"accuracy"``, and ``"lr"`` when the optimizer keeps it).
@@ -351,13 +387,20 @@ def run_steps(state: TrainState, images: jax.Array, labels: jax.Array, index: ja
     ``scan`` (default `uses_scan`) picks one ``lax.scan`` program or a jitted
     step per row. With a ``mesh`` (state and split replicated on it, see
     `funcnets.parallel`) each step's rows are split over its ``"data"`` axis.
+    ``length`` (with ``scan``): compile for runs of up to this many steps, the
+    index padded to it on the host, so that runs of different lengths (an
+    epoch's chunks and its shorter last one) share one program; the same steps.
     """
     if scan is None:
         scan = uses_scan(state.model)
     if scan:
-        if mesh is not None:
-            index = parallel.shard_rows(index, mesh)
-        return _scan_steps(state, images, labels, index, loss_fn=loss_fn)
+        if length is None:
+            if mesh is not None:
+                index = parallel.shard_rows(index, mesh)
+            return _scan_steps(state, images, labels, index, loss_fn=loss_fn)
+        count = int(index.shape[0])
+        state, metrics = padded_steps(state, images, labels, index, length, loss_fn=loss_fn, mesh=mesh)
+        return state, metrics if count == length else jax.tree.map(lambda m: m[:count], metrics)
     if mesh is not None:
         # Each row placed on the mesh by itself: a row of an index already split over
         # several processes' devices could not be read here (only this process's part is).
@@ -368,6 +411,65 @@ def run_steps(state: TrainState, images: jax.Array, labels: jax.Array, index: ja
         state, metrics = _indexed_step(state, images, labels, rows, loss_fn=loss_fn)
         history.append(metrics)
     return state, jax.tree.map(lambda *m: jnp.stack(m), *history)
+
+
+def padded_steps(state: TrainState, images: jax.Array, labels: jax.Array, index, length: int, *,
+                 loss_fn: losses.LossFn | None = None, mesh: Mesh | None = None) -> tuple[TrainState, Metrics]:
+    """`run_steps` with ``scan`` and ``length``, its metrics left at ``length`` rows
+    (those past ``index.shape[0]`` are zeros): for a caller that reads them on the
+    host, where cutting them costs nothing (`funcnets.fit`)."""
+    count = int(index.shape[0])
+    if not isinstance(length, int) or isinstance(length, bool) or length < count:
+        raise ValueError(f"length must be an integer >= the index's {count} rows, got {length!r}")
+    rows = np.asarray(index)
+    rows = np.concatenate([rows, np.broadcast_to(rows[-1:], (length - count, *rows.shape[1:]))])
+    if mesh is not None:
+        rows = parallel.shard_rows(rows, mesh)
+    return _loop_steps(state, images, labels, rows, np.int32(count), loss_fn=loss_fn)
+
+
+def abstract(tree):
+    """``tree``'s arrays as ``jax.ShapeDtypeStruct`` (shape, dtype, weak type; the
+    default placement): what a program is compiled for, without holding the buffers."""
+    return jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, weak_type=jax.typeof(a).weak_type),
+                        tree)
+
+
+def compile_ahead(state_shapes: TrainState, images: jax.Array, labels: jax.Array, *,
+                  ragged_rows: np.ndarray | None, length: int | None, scan: bool,
+                  test: tuple[jax.Array, jax.Array] | None, test_batch_size: int) -> threading.Thread:
+    """Compile, in a background thread (started; returned), the programs an epoch
+    needs only at its end: the step(s) on its last, smaller batch ``ragged_rows``
+    (`padded_steps` at ``length`` with ``scan``, else the jitted step) and the
+    evaluation of ``test``. The calls that run them later find them compiled
+    (JAX caches the traced, lowered and compiled program), as long as they run
+    under the same global JAX configuration (thread-local settings, such as a
+    ``with jax.default_matmul_precision(...)`` block, are not the thread's; the
+    call then compiles its own). For a caller whose device is busy meanwhile
+    (`funcnets.fit`, after its first chunk), which joins the thread before the
+    first of these programs runs: their compilation then costs the run no wall
+    time on the device's critical path. A failure here is left for the call that
+    runs the program to raise."""
+    work = []
+    if ragged_rows is not None:
+        if scan:
+            padded = np.broadcast_to(ragged_rows, (length, ragged_rows.shape[-1]))
+            work.append(lambda: _loop_steps.lower(state_shapes, images, labels, padded, np.int32(1), loss_fn=None))
+        else:
+            work.append(lambda: _indexed_step.lower(state_shapes, images, labels, ragged_rows[0], loss_fn=None))
+    if test is not None:
+        work.append(lambda: _eval_split.lower(state_shapes, *test, test_batch_size))
+
+    def compile_all():
+        for lower in work:
+            try:
+                lower().compile()
+            except Exception:  # noqa: BLE001 (the run's own call raises it, with its context)
+                pass
+
+    thread = threading.Thread(target=compile_all, name="funcnets-compile-ahead", daemon=True)
+    thread.start()
+    return thread
 
 
 def device_split(state: TrainState, images, labels, batch_size: int, argument: str = "batch_size",
@@ -382,7 +484,7 @@ def device_split(state: TrainState, images, labels, batch_size: int, argument: s
         raise ValueError("images is empty")
     if mesh is not None:
         return parallel.replicate((images, labels), mesh)
-    return jnp.asarray(images), jnp.asarray(labels)
+    return jax.device_put(images), jax.device_put(labels)
 
 
 def place_state(state: TrainState, mesh: Mesh | None) -> TrainState:
@@ -442,12 +544,12 @@ def _batch_sums(state, images, labels, loss_fn):
     return loss * labels.shape[0], jnp.sum(jnp.argmax(outputs, axis=-1) == labels)
 
 
-@functools.partial(_jit_per_model, static_argnames=("loss_fn",))
+@functools.partial(_jit_with_options, static_argnames=("loss_fn",))
 def _eval_sums(state, images, labels, loss_fn=None):
     return _batch_sums(state, images, labels, loss_fn)
 
 
-@functools.partial(_jit_per_model, static_argnames=("batch_size", "loss_fn"))
+@functools.partial(_jit_with_options, static_argnames=("batch_size", "loss_fn"))
 def _eval_split(state, images, labels, batch_size: int, loss_fn=None):
     """Every batch's `_batch_sums` over a whole split, in one program: the full batches
     under ``lax.map``, the ragged last one after them; two ``(num_batches,)`` arrays."""

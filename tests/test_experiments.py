@@ -471,8 +471,9 @@ def test_a_run_without_matplotlib_skips_its_figure_and_says_so(monkeypatch, tmp_
     assert (tmp_path / "metrics.summary.json").exists() and not (tmp_path / "metrics.png").exists()
 
 
-def test_importing_funcnets_imports_neither_torch_nor_matplotlib_nor_orbax():
-    code = ("import sys, funcnets; heavy = [m for m in ('torch', 'matplotlib', 'orbax') if m in sys.modules]; "
+def test_importing_funcnets_imports_neither_torch_nor_matplotlib_nor_orbax_nor_flax():
+    """Each is imported where it is used (a run's start-up pays for none it does not use)."""
+    code = ("import sys, funcnets; heavy = [m for m in ('torch', 'matplotlib', 'orbax', 'flax') if m in sys.modules]; "
             "print(heavy)")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0 and done.stdout.strip() == "[]", done.stdout + done.stderr[-2000:]

@@ -61,6 +61,41 @@ def test_train_epoch_equals_the_same_steps_one_by_one(scan):
     assert int(dropped.step) == 2
 
 
+def test_runs_padded_to_one_length_are_the_same_steps():
+    """run_steps(length=L): one program for every run of up to L steps, the same steps as a scan."""
+    x = jax.random.normal(jax.random.key(0), (90, 28, 28, 1))
+    y = jax.random.randint(jax.random.key(1), (90,), 0, 10)
+    index = np.asarray(epoch_order(90, jax.random.key(2)))[:80].reshape(5, 16)
+    scanned, by_scan = fn.training.run_steps(_state(), x, y, index[:3], scan=True)
+    padded, by_loop = fn.training.run_steps(_state(), x, y, index[:3], scan=True, length=5)
+    assert by_loop["loss"].shape == (3,) and int(padded.step) == 3
+    np.testing.assert_allclose(by_loop["loss"], by_scan["loss"], rtol=1e-6)
+    for a, b in zip(jax.tree.leaves(padded.params), jax.tree.leaves(scanned.params)):
+        np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-8)
+    with pytest.raises(ValueError, match="length must be an integer >= the index's 3 rows"):
+        fn.training.run_steps(_state(), x, y, index[:3], scan=True, length=2)
+
+
+def test_fit_lowers_each_program_once(digits, caplog):
+    """The programs fit compiles ahead (the ragged last batch, the evaluation) are the
+    ones it then runs: each is traced and lowered once, and the chunks of every
+    length share one program."""
+    x, y, tx, ty = digits
+    jax.clear_caches()
+    model = fn.models.get("mnist_mlp", n_hidden=23)   # shapes no other test compiles
+    state = fn.create_train_state(model, fn.optim.sgd(lr=0.05), jax.random.key(0))
+    jax.config.update("jax_log_compiles", True)   # globally: the compile-ahead thread logs too
+    try:
+        with caplog.at_level("WARNING"):
+            fn.fit(state, (x[:150], y[:150]), (tx[:70], ty[:70]), epochs=2, batch_size=32, log_every=3,
+                   test_batch_size=32, rng=jax.random.key(1), report=fn.loop.Report.silent())
+    finally:
+        jax.config.update("jax_log_compiles", False)
+    lowered = [r.getMessage() for r in caplog.records if "jaxpr to MLIR module conversion" in r.getMessage()]
+    assert sum("jit(_loop_steps)" in m for m in lowered) == 2, lowered    # batches of 32, and the last 22
+    assert sum("jit(_eval_split)" in m for m in lowered) == 1, lowered
+
+
 def test_evaluate_is_exact_over_a_ragged_last_batch(digits):
     x, y = digits[2][:250], digits[3][:250]
     state = _state()

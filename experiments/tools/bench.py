@@ -188,7 +188,8 @@ def funcnets_contestant(name, images, labels, batch, window, *, scan):
     import jax.numpy as jnp
 
     import funcnets as fn
-    from funcnets.training import apply_step, compiler_options, epoch_order, run_steps
+    from funcnets.cpu import compiler_options
+    from funcnets.training import apply_step, epoch_order, run_steps
 
     model = fn.models.get(name)
     _, _, _, optimizer, lr = CASES[name]
@@ -200,7 +201,7 @@ def funcnets_contestant(name, images, labels, batch, window, *, scan):
     state, metrics = run_steps(state, x, y, order[:1], scan=scan)
     jax.block_until_ready(metrics)
     first = time.perf_counter() - start
-    cost = jax.jit(apply_step, compiler_options=compiler_options(model) or None).lower(
+    cost = jax.jit(apply_step, compiler_options=compiler_options() or None).lower(
         state, x[:batch], y[:batch]).compile().cost_analysis()
     cost = cost[0] if isinstance(cost, list) else cost
     holder = {"state": state}

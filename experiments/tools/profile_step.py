@@ -224,7 +224,8 @@ def profile_funcnets(name: str, *, steps: int, warmup: int) -> dict:
     import jax.numpy as jnp
 
     import funcnets as fn
-    from funcnets.training import _indexed_step, compiler_options, epoch_order
+    from funcnets.cpu import compiler_options
+    from funcnets.training import _indexed_step, epoch_order
 
     batch, image_shape, _, optimizer, lr = CASES[name]
     model = fn.models.get(name)
@@ -237,7 +238,7 @@ def profile_funcnets(name: str, *, steps: int, warmup: int) -> dict:
     # As run_steps runs it (compiler options chosen; malloc set up below, as the scripts do); then the same
     # program compiled again, to read its HLO and run it.
     holder["state"], _ = _indexed_step(holder["state"], x, y, order[0])
-    step = _indexed_step.jitted(compiler_options(model)).lower(holder["state"], x, y, order[0]).compile()
+    step = _indexed_step.jitted(compiler_options()).lower(holder["state"], x, y, order[0]).compile()
     hlo = step.as_text()
     ops, module = hlo_ops(hlo), re.match(r"HloModule (\S+?),", hlo).group(1)
 
