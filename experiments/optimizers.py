@@ -115,7 +115,7 @@ def main(argv: list[str] | None = None) -> pathlib.Path:
         metrics_path = out / "runs" / f"{label.replace(' ', '_').lower()}.jsonl"
         _, history = fn.fit(state, (data.train_images, data.train_labels), (data.test_images, data.test_labels),
                             epochs=args.epochs, batch_size=args.batch_size, rng=common.data_key(args.seed),
-                            test_batch_size=args.test_batch_size,
+                            test_batch_size=args.test_batch_size, transform=data.normalize,
                             report=fn.loop.Report(metrics_path=metrics_path, progress=False, step_losses=True))
         curves[label] = plots.step_losses(read_metrics(metrics_path))
         last = history[-1]

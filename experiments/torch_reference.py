@@ -118,9 +118,10 @@ def run(tutorial, args, data, metrics_path: pathlib.Path, *, orders: list[np.nda
     scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=1, gamma=args.gamma) if args.gamma else None
 
     sampler = EpochOrder(orders)
-    train_loader = DataLoader(_tensors(data.train_images, data.train_labels), batch_size=args.batch_size,
+    train_images, test_images = data.normalized()
+    train_loader = DataLoader(_tensors(train_images, data.train_labels), batch_size=args.batch_size,
                               sampler=sampler)
-    test_loader = DataLoader(_tensors(data.test_images, data.test_labels), batch_size=args.test_batch_size)
+    test_loader = DataLoader(_tensors(test_images, data.test_labels), batch_size=args.test_batch_size)
 
     checkpoint = checkpoint_dir / "torch_checkpoint.pt" if checkpoint_dir is not None else None
     start_epoch, resume_step = 0, None

@@ -78,7 +78,9 @@ class Tutorial:
 
 
 class RunData(NamedTuple):
-    """Normalised splits, NHWC float (float32, or float64 with --float64), int32 labels."""
+    """The splits as loaded (uint8 NHWC images, int32 labels) and the tutorial's
+    normalisation (`funcnets.data.Normalize`; float32, or float64 with --float64):
+    funcnets normalises each batch on the device, PyTorch takes `normalized`."""
 
     train_images: np.ndarray
     train_labels: np.ndarray
@@ -87,6 +89,11 @@ class RunData(NamedTuple):
     dataset: str
     source: str
     choice: str  # how the dataset was chosen, printed and reported
+    normalize: fn.data.Normalize
+
+    def normalized(self) -> tuple[np.ndarray, np.ndarray]:
+        """The train and test images normalised on the host (the same values)."""
+        return self.normalize(self.train_images), self.normalize(self.test_images)
 
 
 # --- flags ----------------------------------------------------------------------------
@@ -280,13 +287,11 @@ def load_data(tutorial: Tutorial, args, log: Callable[[str], None] = print) -> R
             model.input_shape):
         raise SystemExit(f"error: {tutorial.model} takes {model.input_shape} images; "
                          f"{train.info.name} has {train.info.image_shape}")
-    dtype = np.float64 if args.float64 else np.float32
     info = train.info
     if tutorial.normalization is not None:   # the tutorial's own constants (one value: every channel)
         info = info._replace(mean=tutorial.normalization[0], std=tutorial.normalization[1])
-    x_train = fn.data.normalize(train.images, info).astype(dtype, copy=False)
-    x_test = fn.data.normalize(test.images, info).astype(dtype, copy=False)
-    y_train, y_test = train.labels, test.labels
+    normalize = fn.data.Normalize.of(info, np.float64 if args.float64 else np.float32)
+    x_train, x_test, y_train, y_test = train.images, test.images, train.labels, test.labels
     if args.train_examples is not None:
         x_train, y_train = x_train[:args.train_examples], y_train[:args.train_examples]
     if args.dry_run:
@@ -295,7 +300,7 @@ def load_data(tutorial: Tutorial, args, log: Callable[[str], None] = print) -> R
     log(f"Dataset: {train.info.name} from {train.info.source} [{choice}]: "
         f"{len(y_train)} training and {len(y_test)} test images{' (dry run)' if args.dry_run else ''}, "
         f"normalised with mean {_constants(info.mean)}, std {_constants(info.std)}")
-    return RunData(x_train, y_train, x_test, y_test, train.info.name, train.info.source, choice)
+    return RunData(x_train, y_train, x_test, y_test, train.info.name, train.info.source, choice, normalize)
 
 
 def _constants(values) -> str:
@@ -406,7 +411,7 @@ def run_jax(tutorial: Tutorial, args, data: RunData, metrics_path: pathlib.Path,
                     report=fn.loop.Report(metrics_path=metrics_path if lead else None,
                                           progress=lead and not args.no_progress, log=log if lead else None,
                                           step_losses=True),
-                    mesh=mesh)
+                    mesh=mesh, transform=data.normalize)
     train = (data.train_images, data.train_labels)
     test = (data.test_images, data.test_labels)
     if checkpoint_dir is None:
@@ -456,7 +461,7 @@ def dropout_on_test(state, data: RunData, batch_size: int, key, last_epoch: dict
 
     @jax.jit
     def sums(params, images, labels, batch_key):
-        outputs = model.apply(params, images, train=True, rng=batch_key)
+        outputs = model.apply(params, data.normalize(images), train=True, rng=batch_key)
         return objective(outputs, labels) * labels.shape[0], jnp.sum(jnp.argmax(outputs, -1) == labels)
 
     n = len(data.test_labels)

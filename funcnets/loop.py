@@ -100,7 +100,7 @@ _MOVED = {"metrics_path": "report=fn.loop.Report(metrics_path=...)", "progress":
 def fit(state: TrainState, train: tuple, test: tuple | None = None, *, epochs: int, batch_size: int,
         rng: jax.Array, test_batch_size: int = 1000, drop_last: bool = False, log_every: int = 100,
         report: Report = Report(), checkpointer: Checkpointer | None = None, mesh: Mesh | None = None,
-        **moved) -> tuple[TrainState, list[dict]]:
+        transform: Callable | None = None, **moved) -> tuple[TrainState, list[dict]]:
     """Train for ``epochs`` epochs on ``train = (images, labels)``, evaluating on ``test``.
 
     Each epoch visits ``train`` in the order ``epoch_order(n, fold_in(rng, epoch))``,
@@ -109,8 +109,8 @@ def fit(state: TrainState, train: tuple, test: tuple | None = None, *, epochs: i
 
     Args:
       state: from `funcnets.create_train_state`; donated (use the returned one).
-      train, test: whole splits, normalised float images and int labels; put on
-        the device once.
+      train, test: whole splits, normalised float images and int labels (or the
+        images as loaded, with ``transform``); put on the device once.
       rng: the key of the data order (epoch ``e`` uses ``fold_in(rng, e)``).
       log_every: steps between host syncs, metrics records and progress updates.
       report: what is reported, and where (`Report`: metrics file, progress
@@ -123,6 +123,9 @@ def fit(state: TrainState, train: tuple, test: tuple | None = None, *, epochs: i
         the splits and state are replicated on them and each step's batch is
         split over them; the batches and the numbers are the one-device run's.
         ``batch_size`` must divide by the device count.
+      transform: applied to each batch of images inside the compiled programs
+        (training and evaluation), e.g. ``funcnets.data.Normalize.of(info)``, so
+        the splits can stay uint8 as loaded (hashable; `funcnets.training.run_steps`).
 
     Returns:
       The final state and the per-epoch records (the metrics file's ``"epoch"`` records).
@@ -160,9 +163,10 @@ def fit(state: TrainState, train: tuple, test: tuple | None = None, *, epochs: i
             raise TypeError(f"{argument} must be a pair (images, labels){hint}")
     if mesh is not None:
         check_batch_size(batch_size, mesh)
-    train_images, train_labels = device_split(state, *train, batch_size, mesh=mesh)
+    train_images, train_labels = device_split(state, *train, batch_size, mesh=mesh, transform=transform)
     if test is not None:
-        test_images, test_labels = device_split(state, *test, test_batch_size, "test_batch_size", mesh=mesh)
+        test_images, test_labels = device_split(state, *test, test_batch_size, "test_batch_size", mesh=mesh,
+                                                transform=transform)
     n = int(train_images.shape[0])
     epoch_steps = steps_per_epoch(n, batch_size, drop_last)
     if epoch_steps == 0:
@@ -211,16 +215,19 @@ def fit(state: TrainState, train: tuple, test: tuple | None = None, *, epochs: i
                     compiling.join()
                     compiling = None
                 if scan:   # every chunk, the last shorter one too, in one program
-                    state, metrics = padded_steps(state, train_images, train_labels, rows, log_every, mesh=mesh)
+                    state, metrics = padded_steps(state, train_images, train_labels, rows, log_every, mesh=mesh,
+                                                  transform=transform)
                 else:
-                    state, metrics = run_steps(state, train_images, train_labels, rows, scan=False, mesh=mesh)
+                    state, metrics = run_steps(state, train_images, train_labels, rows, scan=False, mesh=mesh,
+                                               transform=transform)
                 step += rows.shape[0]
                 done = first + rows.shape[0]
                 if shapes is not None:
                     ragged = parts[-1] if parts[-1].shape[1] != batch_size else None
                     compiling = compile_ahead(shapes, train_images, train_labels, ragged_rows=ragged,
                                               length=log_every, scan=scan, test_batch_size=test_batch_size,
-                                              test=None if test is None else (test_images, test_labels))
+                                              test=None if test is None else (test_images, test_labels),
+                                              transform=transform)
                     shapes = None
                 if pending is not None:   # read the previous chunk while this one runs
                     chunk_start = read(pending, chunk_start)
@@ -240,7 +247,8 @@ def fit(state: TrainState, train: tuple, test: tuple | None = None, *, epochs: i
                 compiling.join()
                 compiling = None
             if test is not None:
-                scores = evaluate(state, test_images, test_labels, batch_size=test_batch_size, mesh=mesh)
+                scores = evaluate(state, test_images, test_labels, batch_size=test_batch_size, mesh=mesh,
+                                  transform=transform)
                 entry.update(test_loss=scores["loss"], test_accuracy=scores["accuracy"])
             entry.update(lr=totals.lr, seconds=time.perf_counter() - epoch_start,
                          train_seconds=train_seconds)

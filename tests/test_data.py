@@ -181,3 +181,36 @@ def test_loaded_data_trains_a_model():
     state = fn.create_train_state(fn.models.get("mnist_mlp"), fn.optim.sgd(lr=0.05), __import__("jax").random.key(0))
     _, metrics = fn.train_epoch(state, x, train.labels, batch_size=64)
     assert float(metrics["loss"][-5:].mean()) < float(metrics["loss"][:5].mean())
+
+
+@pytest.mark.parametrize("mean, std", [((0.1307,), (0.3081,)), ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616))])
+def test_normalize_transform_gives_normalize_bits_on_the_host_and_in_jit(mean, std):
+    """Normalize looks up the values normalize computed: the same bits, NumPy or jitted."""
+    import jax
+
+    info = data.load("digits", "test").info._replace(mean=mean, std=std)
+    images = np.random.default_rng(0).integers(0, 256, (7, 5, 4, len(mean))).astype(np.uint8)
+    images[0, 0, 0] = 0
+    images[0, 0, 1] = 255
+    expected = data.normalize(images, info)
+    transform = data.Normalize.of(info)
+    assert np.array_equal(transform(images), expected)
+    assert np.array_equal(np.asarray(jax.jit(transform)(images)), expected)
+    assert np.array_equal(data.Normalize.of(info, np.float64)(images), expected.astype(np.float64))
+    assert hash(transform) == hash(data.Normalize.of(info))   # a static argument of the compiled step
+
+
+def test_normalize_transform_with_one_mean_serves_every_channel():
+    info = data.load("digits", "test").info._replace(mean=(0.1307,), std=(0.3081,))
+    images = np.random.default_rng(1).integers(0, 256, (3, 4, 4, 3)).astype(np.uint8)
+    assert np.array_equal(data.Normalize.of(info)(images), data.normalize(images, info))
+
+
+def test_normalize_transform_rejects_what_it_cannot_take():
+    info = data.load("digits", "test").info._replace(mean=(0.5, 0.5, 0.5), std=(0.2, 0.2, 0.2))
+    with pytest.raises(TypeError, match="uint8 images as loaded, got float32"):
+        data.Normalize.of(info)(np.zeros((1, 2, 2, 3), np.float32))
+    with pytest.raises(ValueError, match="Normalize has 3 channels; images have shape"):
+        data.Normalize.of(info)(np.zeros((1, 2, 2, 1), np.uint8))
+    with pytest.raises(TypeError, match="dtype must be a floating dtype"):
+        data.Normalize.of(info, np.int32)

@@ -76,6 +76,38 @@ def test_runs_padded_to_one_length_are_the_same_steps():
         fn.training.run_steps(_state(), x, y, index[:3], scan=True, length=2)
 
 
+def test_a_transform_normalises_uint8_splits_inside_the_step():
+    """train_epoch, evaluate and fit on uint8 splits with Normalize: the steps of the normalised floats."""
+    train, test = fn.data.load("digits", "train"), fn.data.load("digits", "test")
+    transform = fn.data.Normalize.of(train.info)
+    floats = (fn.data.normalize(train.images[:200], train.info), train.labels[:200])
+    loaded = (train.images[:200], train.labels[:200])
+    by_floats, m_floats = fn.train_epoch(_state(), *floats, batch_size=64, rng=jax.random.key(2))
+    by_loaded, m_loaded = fn.train_epoch(_state(), *loaded, batch_size=64, rng=jax.random.key(2),
+                                         transform=transform)
+    np.testing.assert_allclose(m_loaded["loss"], m_floats["loss"], rtol=1e-6)
+    scores = fn.evaluate(by_loaded, test.images, test.labels, batch_size=100, transform=transform)
+    expected = fn.evaluate(by_floats, fn.data.normalize(test.images, test.info), test.labels, batch_size=100)
+    assert scores["loss"] == pytest.approx(expected["loss"], rel=1e-5)
+    _, history = fn.fit(_state(), loaded, (test.images, test.labels), epochs=1, batch_size=64,
+                        rng=jax.random.key(3), transform=transform, report=fn.loop.Report.silent())
+    _, expected_history = fn.fit(_state(), floats, (fn.data.normalize(test.images, test.info), test.labels),
+                                 epochs=1, batch_size=64, rng=jax.random.key(3), report=fn.loop.Report.silent())
+    assert history[0]["loss"] == pytest.approx(expected_history[0]["loss"], rel=1e-6)
+    assert history[0]["test_accuracy"] == expected_history[0]["test_accuracy"]
+
+
+def test_a_bad_transform_is_named_before_any_step():
+    images, labels = fn.data.load("digits", "test")[:2]
+    transform = fn.data.Normalize.of(fn.data.load("digits", "test").info)
+    with pytest.raises(TypeError, match="uint8 images as loaded"):
+        fn.train_epoch(_state(), images.astype(np.float32), labels, batch_size=32, transform=transform)
+    with pytest.raises(TypeError, match="transform must be hashable"):
+        fn.train_epoch(_state(), images, labels, batch_size=32, transform=[transform])
+    with pytest.raises(ValueError, match=r"transform\(images\) must have shape"):
+        fn.evaluate(_state(), images, labels, transform=lambda x: x[:, :2].astype(np.float32))
+
+
 def test_fit_lowers_each_program_once(digits, caplog):
     """The programs fit compiles ahead (the ragged last batch, the evaluation) are the
     ones it then runs: each is traced and lowered once, and the chunks of every
