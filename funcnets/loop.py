@@ -4,9 +4,9 @@ The side effects live here (progress bar, log lines, the metrics file of
 `funcnets.metrics`, checkpoints); the training itself is
 `funcnets.training.run_steps`, run on the device in chunks of ``log_every``
 steps (`funcnets.training.padded_steps`: one program for every chunk length
-where the steps are a loop). The next chunk is dispatched before the previous one's metrics are read,
-so the device does not wait for the host; a chunk whose end is due for a
-checkpoint is read first, so a NaN is never saved.
+where the steps are a loop). The next chunk is dispatched before the previous
+one's metrics are read, so the device does not wait for the host; a chunk
+whose end is due for a checkpoint is read first, so a NaN is never saved.
 
 Exact resume: epoch ``e`` visits the examples in ``epoch_order(n,
 fold_in(rng, e))`` and step ``t`` draws its dropout masks from
