@@ -18,7 +18,7 @@ rounding, or bit for bit for the dropout bits):
 `threefry2x32_hash`        Threefry written out, so XLA fuses the dropout mask
                            into one elementwise loop
 `compiler_options`         programs compile with XLA's YNNPACK fusions off
-`scan_is_slow`             conv nets run a jitted step per batch, not a scan
+`scan_is_slow`             conv nets run a jitted step per batch, not a loop
 =========================  ====================================================
 
 `fast_paths` says whether the layers take them: on the CPU backend, unless
@@ -63,7 +63,7 @@ def compiler_options() -> dict[str, str]:
 
 def scan_is_slow(has_conv: bool) -> bool:
     """Whether runs of steps should be a jitted step per batch rather than one
-    ``lax.scan``: for convolutional nets on the CPU, where XLA compiles the
+    loop program: for convolutional nets on the CPU, where XLA compiles the
     convolution weight-gradient inside a loop body far slower than alone."""
     return has_conv and jax.default_backend() == "cpu"
 

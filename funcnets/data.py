@@ -270,17 +270,14 @@ class Normalize:
         channels = len(self.table[0])
         if images.ndim < 1 or channels > 1 and images.shape[-1] != channels:
             raise ValueError(f"Normalize has {channels} channels; images have shape {tuple(images.shape)}")
-        xp = np if isinstance(images, np.ndarray) else _jnp()
+        if isinstance(images, np.ndarray):
+            xp = np
+        else:
+            import jax.numpy as xp
         table = xp.asarray(np.asarray(self.table, np.float32).astype(self.dtype))
         levels = images.astype(xp.int32)
         # One column (one mean and std) serves every channel, as in `normalize`.
         return table[:, 0][levels] if channels == 1 else table[levels, xp.arange(channels)]
-
-
-def _jnp():
-    import jax.numpy as jnp
-
-    return jnp
 
 
 # --- the pieces ---------------------------------------------------------------------

@@ -355,7 +355,7 @@ def batch_index(order: jax.Array, batch_size: int, drop_last: bool = False) -> l
 
 
 def uses_scan(model: Model) -> bool:
-    """Whether whole runs of steps compile into one ``lax.scan`` program: yes,
+    """Whether whole runs of steps compile into one loop program: yes,
     except where `funcnets.cpu.scan_is_slow` (conv nets on the CPU), which run a
     jitted step per batch, still without a host sync between steps."""
     return not cpu.scan_is_slow(_has_conv(model))
@@ -375,15 +375,10 @@ def _batch_images(images, rows, transform):
 
 
 @functools.partial(_jit_with_options, static_argnames=("loss_fn", "transform"), donate_argnums=(0,))
-def _scan_steps(state, images, labels, index, loss_fn=None, transform=None):
-    return jax.lax.scan(lambda carry, rows: _step_on_rows(carry, images, labels, rows, loss_fn, transform),
-                        state, index)
-
-
-@functools.partial(_jit_with_options, static_argnames=("loss_fn", "transform"), donate_argnums=(0,))
 def _loop_steps(state, images, labels, index, count, loss_fn=None, transform=None):
-    """`_scan_steps` on the first ``count`` (traced) rows of ``index``: one program for
-    every count up to ``index.shape[0]``; the metrics past ``count`` are zeros."""
+    """`_step_on_rows` on each of the first ``count`` (traced) rows of ``index``, in one
+    ``lax.fori_loop``: one program for every count up to ``index.shape[0]``; the
+    metrics stacked per step, zeros past ``count``."""
     shapes = jax.eval_shape(lambda s, r: _step_on_rows(s, images, labels, r, loss_fn, transform)[1],
                             state, index[0])
     history = jax.tree.map(lambda m: jnp.zeros((index.shape[0], *m.shape), m.dtype), shapes)
@@ -410,8 +405,8 @@ def run_steps(state: TrainState, images: jax.Array, labels: jax.Array, index: ja
     (``"loss"``, ``"accuracy"``, and ``"lr"`` when the optimizer keeps it).
 
     The input state is donated (its buffers are reused): use the returned one.
-    ``scan`` (default `uses_scan`) picks one ``lax.scan`` program or a jitted
-    step per row. With a ``mesh`` (state and split replicated on it, see
+    ``scan`` (default `uses_scan`) picks one loop program (``lax.fori_loop``)
+    or a jitted step per row. With a ``mesh`` (state and split replicated on it, see
     `funcnets.parallel`) each step's rows are split over its ``"data"`` axis.
     ``length`` (with ``scan``): compile for runs of up to this many steps, the
     index padded to it on the host, so that runs of different lengths (an
@@ -423,11 +418,8 @@ def run_steps(state: TrainState, images: jax.Array, labels: jax.Array, index: ja
     if scan is None:
         scan = uses_scan(state.model)
     if scan:
-        if length is None:
-            if mesh is not None:
-                index = parallel.shard_rows(index, mesh)
-            return _scan_steps(state, images, labels, index, loss_fn=loss_fn, transform=transform)
         count = int(index.shape[0])
+        length = count if length is None else length
         state, metrics = padded_steps(state, images, labels, index, length, loss_fn=loss_fn, mesh=mesh,
                                       transform=transform)
         return state, metrics if count == length else jax.tree.map(lambda m: m[:count], metrics)
@@ -452,11 +444,15 @@ def padded_steps(state: TrainState, images: jax.Array, labels: jax.Array, index,
     count = int(index.shape[0])
     if not isinstance(length, int) or isinstance(length, bool) or length < count:
         raise ValueError(f"length must be an integer >= the index's {count} rows, got {length!r}")
-    rows = np.asarray(index)
-    rows = np.concatenate([rows, np.broadcast_to(rows[-1:], (length - count, *rows.shape[1:]))])
+    rows = _pad_rows(np.asarray(index), length)
     if mesh is not None:
         rows = parallel.shard_rows(rows, mesh)
     return _loop_steps(state, images, labels, rows, np.int32(count), loss_fn=loss_fn, transform=transform)
+
+
+def _pad_rows(index: np.ndarray, length: int) -> np.ndarray:
+    """``index`` (steps, batch) padded to ``length`` rows with copies of its last row."""
+    return np.concatenate([index, np.broadcast_to(index[-1:], (length - index.shape[0], *index.shape[1:]))])
 
 
 def abstract(tree):
@@ -485,7 +481,7 @@ def compile_ahead(state_shapes: TrainState, images: jax.Array, labels: jax.Array
     work = []
     if ragged_rows is not None:
         if scan:
-            padded = np.broadcast_to(ragged_rows, (length, ragged_rows.shape[-1]))
+            padded = _pad_rows(ragged_rows, length)
             work.append(lambda: _loop_steps.lower(state_shapes, images, labels, padded, np.int32(1),
                                                   loss_fn=None, transform=transform))
         else:
@@ -546,7 +542,7 @@ def train_epoch(state: TrainState, images, labels, *, batch_size: int, rng: jax.
       batch_size: examples per step.
       rng: the key of this epoch's order; None: ``0..n-1`` (``shuffle=False``).
       drop_last: leave out the last, smaller batch.
-      scan: one ``lax.scan`` program (True) or a jitted step per batch (False);
+      scan: one loop program (True) or a jitted step per batch (False);
         default `uses_scan`.
       mesh: data-parallel over this mesh's devices (`funcnets.parallel.data_mesh`),
         the same batches as on one device; ``batch_size`` must divide by the
@@ -572,7 +568,7 @@ def train_epoch(state: TrainState, images, labels, *, batch_size: int, rng: jax.
         keys.check_key(rng, "rng")
     state = place_state(state, mesh)
     history = []
-    for index in batch_index(epoch_order(images.shape[0], rng), batch_size, drop_last):
+    for index in batch_index(np.asarray(epoch_order(images.shape[0], rng)), batch_size, drop_last):
         state, metrics = run_steps(state, images, labels, index, scan=scan, mesh=mesh, transform=transform)
         history.append(metrics)
     return state, jax.tree.map(lambda *m: jnp.concatenate(m), *history)

@@ -18,7 +18,7 @@ SimpleNet 64), on random data of the real shapes (60,000 28x28x1 images, or
   ``--no-torch-compile``, or reported with the reason when it fails);
 - ``funcnets loop``: `funcnets.training.run_steps` with one jitted step per
   batch, the data on the device, no host sync inside the window;
-- ``funcnets epoch``: the same window as one compiled ``lax.scan`` program
+- ``funcnets epoch``: the same window as one compiled loop program
   (what `fn.train_epoch` runs: for every model on a GPU, for the MLPs on the CPU).
 
 ``--device gpu`` (the default when JAX and PyTorch both see a GPU) runs every
