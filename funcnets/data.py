@@ -255,6 +255,9 @@ class Normalize:
     @classmethod
     def of(cls, info: DatasetInfo, dtype=np.float32) -> "Normalize":
         """The transform of `normalize` with ``info``'s mean and std."""
+        if not isinstance(info, DatasetInfo):
+            raise TypeError(f"info must be a funcnets.data.DatasetInfo (a loaded Dataset's .info), "
+                            f"got {type(info).__name__}")
         dtype = np.dtype(dtype)
         if not np.issubdtype(dtype, np.floating):
             raise TypeError(f"dtype must be a floating dtype, got {dtype}")

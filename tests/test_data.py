@@ -214,3 +214,5 @@ def test_normalize_transform_rejects_what_it_cannot_take():
         data.Normalize.of(info)(np.zeros((1, 2, 2, 1), np.uint8))
     with pytest.raises(TypeError, match="dtype must be a floating dtype"):
         data.Normalize.of(info, np.int32)
+    with pytest.raises(TypeError, match="info must be a funcnets.data.DatasetInfo"):
+        data.Normalize.of({"mean": (0.5,), "std": (0.5,)})
