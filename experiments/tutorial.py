@@ -422,15 +422,18 @@ def run_jax(tutorial: Tutorial, args, data: RunData, metrics_path: pathlib.Path,
     else:
         config = {"experiment": tutorial.name, "dataset": data.dataset, "seed": args.seed,
                   "batch_size": args.batch_size, "optimizer": args.optimizer, "lr": args.lr, "gamma": args.gamma}
-        with fn.checkpoint.Checkpointer(checkpoint_dir, save_every_steps=args.save_every_steps,
-                                        save_every_seconds=CHECKPOINT_SECONDS, save_every_epoch=True,
-                                        config=config, barrier_timeout_s=BARRIER_TIMEOUT_S,
-                                        resume=args.resume) as checkpointer:
-            try:
-                state, history = fn.fit(state, train, test, checkpointer=checkpointer,
-                                        **fit_args)
-            except fn.parallel.PeerLostError as error:
-                stop_after_lost_process(error, args)   # before the checkpointer waits on the lost process
+        try:
+            with fn.checkpoint.Checkpointer(checkpoint_dir, save_every_steps=args.save_every_steps,
+                                            save_every_seconds=CHECKPOINT_SECONDS, save_every_epoch=True,
+                                            config=config, barrier_timeout_s=BARRIER_TIMEOUT_S,
+                                            resume=args.resume) as checkpointer:
+                try:
+                    state, history = fn.fit(state, train, test, checkpointer=checkpointer,
+                                            **fit_args)
+                except fn.parallel.PeerLostError as error:
+                    stop_after_lost_process(error, args)   # before the checkpointer waits on the lost process
+        except fn.checkpoint.CheckpointWriteError as error:   # an unwritable directory, a full disk
+            raise SystemExit(f"error: {error}") from None
     if tutorial.test_dropout and history and lead:
         entry = dropout_on_test(state, data, args.test_batch_size, jax.random.key(args.seed), history[-1])
         MetricsLog(metrics_path, resume_step=history[-1]["step"]).write(entry)
