@@ -405,15 +405,21 @@ def _load_cifar(split: str, folder: pathlib.Path):
         if all((base / n).is_file() for n in names):
             parts = [_read_cifar_pickle(base / n) for n in names]
             return (np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts]),
-                    f"CIFAR-10 python batches in {base.resolve()}")
+                    f"CIFAR-10 python batches in {_as_given(base)}")
     for sub in ("cifar-10-batches-bin", "."):
         base = folder / sub
         if all((base / f"{n}.bin").is_file() for n in names):
             parts = [_read_cifar_binary(base / f"{n}.bin") for n in names]
             return (np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts]),
-                    f"CIFAR-10 binary batches in {base.resolve()}")
+                    f"CIFAR-10 binary batches in {_as_given(base)}")
     raise _Missing(f"{folder}: no CIFAR-10 batches ({', '.join(names)}) in it, "
                    "cifar-10-batches-py/ or cifar-10-batches-bin/")
+
+
+def _as_given(path: pathlib.Path) -> str:
+    """``path`` absolute, its symlinks kept: a data folder named as the user gave it
+    (clusters often link data folders; the link is the name the user knows)."""
+    return os.path.normpath(os.path.abspath(path))
 
 
 def _image_trees(folder: pathlib.Path, split: str) -> list[pathlib.Path]:

@@ -6,9 +6,13 @@ The layout is torchvision's and TFDS's ``ImageFolder``::
 
 ``root`` is a folder or a ``.tar``/``.tar.gz``/``.tgz`` archive of one (read
 in place, without unpacking; the tree may sit under one top folder inside
-it). Classes are the folder names, sorted, numbered from 0. Every image of a
-split must have the same size and channels (``L`` is one channel, ``RGB``
-three); the first one that does not is named in the error.
+it). Classes are the folder names, sorted, numbered from 0; as in
+torchvision's ``ImageFolder``, a class folder with no image is refused (every
+later label would mean another class). Every image of a split must have the
+same size and channels (``L`` is one channel, ``RGB`` three); the first one
+that does not is named in the error, and so is an archive that is truncated or
+not an archive (`ImageFolderError`; `funcnets.data` raises it as its
+`CorruptDatasetError`).
 
 Decoding 60,000 small JPEGs takes tens of seconds, so each split is kept as
 one ``.npz`` in a cache folder (default ``$XDG_CACHE_HOME/funcnets/image_folders``,
@@ -24,6 +28,7 @@ import io
 import os
 import pathlib
 import tarfile
+import zlib
 from typing import Iterator, NamedTuple
 
 import numpy as np
@@ -80,12 +85,17 @@ def read_split(root: str | os.PathLike, split: str, *, cache_dir: str | os.PathL
         cache_path = pathlib.Path(cache_dir or default_cache_dir()) / f"{_cache_key(root, split, entries)}.npz"
         cached = _read_cache(cache_path)
         if cached is not None:
-            return cached._replace(source=f"{root.resolve()} ({split}; cached in {cache_path})")
+            return cached._replace(source=f"{_as_given(root)} ({split}; cached in {cache_path})")
     images, labels, class_names, quality = _decode(root, split)
-    result = FolderSplit(images, labels, class_names, f"{root.resolve()} ({split})", quality)
+    result = FolderSplit(images, labels, class_names, f"{_as_given(root)} ({split})", quality)
     if cache_path is not None:
         _write_cache(cache_path, result)
     return result
+
+
+def _as_given(path: pathlib.Path) -> str:
+    """``path`` absolute, its symlinks kept (the name the user gave, not the link's target)."""
+    return os.path.normpath(os.path.abspath(path))
 
 
 def channel_stats(images: np.ndarray) -> tuple[tuple[float, ...], tuple[float, ...]]:
@@ -117,14 +127,48 @@ def _split_parts(name: str, split: str) -> tuple[str, str] | None:
     return None
 
 
-def _archive_members(path: pathlib.Path, split: str, names_only: bool = False) -> Iterator:
-    with tarfile.open(path, "r:*") as archive:
-        for member in archive:
-            if member.isfile() and _split_parts(member.name, split) is not None:
-                if names_only:
-                    yield member.name
-                else:
-                    yield member, archive
+def _split_class_folder(name: str, split: str) -> str | None:
+    """The class of the archive or tree folder ``name`` when it is
+    ``[top/]<split>/<class>``; else None."""
+    parts = name.strip("/").split("/")
+    for offset in (0, 1):
+        rest = parts[offset:]
+        if len(rest) == 2 and rest[0] == split:
+            return rest[1]
+    return None
+
+
+def _archive_members(path: pathlib.Path, split: str, names_only: bool = False,
+                     class_folders: set[str] | None = None) -> Iterator:
+    """The image members of ``split`` in the archive ``path`` (their names, or
+    ``(member, archive)``), adding the class folders it lists to ``class_folders``.
+    Raises `ImageFolderError` naming the archive if it is truncated or not an archive."""
+    try:
+        with tarfile.open(path, "r:*") as archive:
+            for member in archive:
+                if member.isdir() and class_folders is not None:
+                    class_name = _split_class_folder(member.name, split)
+                    if class_name is not None:
+                        class_folders.add(class_name)
+                if member.isfile() and _split_parts(member.name, split) is not None:
+                    if names_only:
+                        yield member.name
+                    else:
+                        yield member, archive
+    except (tarfile.TarError, EOFError, zlib.error, OSError) as error:
+        raise ImageFolderError(f"{path}: the archive is truncated or corrupt ({type(error).__name__}: "
+                               f"{error or 'unexpected end of data'}); download or copy it again") from None
+
+
+def _refuse_empty_classes(where: str, class_folders, classes_with_images) -> None:
+    """torchvision's rule: a class folder without images is an error, since every
+    later class would take its label."""
+    empty = sorted(set(class_folders) - set(classes_with_images))
+    if empty:
+        raise ImageFolderError(f"{where}/{empty[0]}: class folder with no images "
+                               f"({', '.join(IMAGE_SUFFIXES)}); every later class would take its label, "
+                               "so remove the folder or add its images"
+                               + (f" ({len(empty)} such folders: {empty})" if len(empty) > 1 else ""))
 
 
 def _list_entries(root: pathlib.Path, split: str) -> list[tuple[str, int, int]]:
@@ -137,11 +181,14 @@ def _list_entries(root: pathlib.Path, split: str) -> list[tuple[str, int, int]]:
     if not base.is_dir():
         return []
     entries = []
-    for class_dir in sorted(p for p in base.iterdir() if p.is_dir()):
+    class_dirs = sorted(p for p in base.iterdir() if p.is_dir())
+    for class_dir in class_dirs:
         for file in sorted(class_dir.iterdir()):
             if file.is_file() and file.name.lower().endswith(IMAGE_SUFFIXES):
                 stat = file.stat()
                 entries.append((f"{class_dir.name}/{file.name}", stat.st_size, stat.st_mtime_ns))
+    if entries:
+        _refuse_empty_classes(str(base), (d.name for d in class_dirs), (name.split("/")[0] for name, _, _ in entries))
     return entries
 
 
@@ -159,9 +206,12 @@ def _decode(root: pathlib.Path, split: str):
 
     files: list[tuple[str, str, bytes]] = []   # (class, shown name, encoded bytes)
     if is_archive(root):
-        for member, archive in _archive_members(root, split):
+        class_folders: set[str] = set()
+        for member, archive in _archive_members(root, split, class_folders=class_folders):
             class_name, _ = _split_parts(member.name, split)
             files.append((class_name, f"{root}:{member.name}", archive.extractfile(member).read()))
+        if files:
+            _refuse_empty_classes(f"{root}:{split}", class_folders, (c for c, _, _ in files))
     else:
         for class_dir in sorted(p for p in (root / split).iterdir() if p.is_dir()):
             for file in sorted(class_dir.iterdir()):

@@ -368,8 +368,11 @@ def from_flax(module, *, input_shape: tuple[int, ...], outputs: Literal["log_pro
     except ImportError as error:  # flax is a dependency; this is for a broken install
         raise ImportError(f"from_flax needs flax: {error}") from None
     if not isinstance(module, nn.Module):
-        kind = "an NNX module (not supported: use nnx.bridge.to_linen, or from_functions)" if hasattr(
-            module, "__call__") and type(module).__module__.startswith("flax.nnx") else type(module).__name__
+        from flax import nnx
+
+        kind = (f"an NNX module ({type(module).__name__}, a flax.nnx.Module; not supported yet: wrap it with "
+                "nnx.bridge.to_linen, or use from_functions)" if isinstance(module, nnx.Module)
+                else type(module).__name__)
         raise TypeError(f"from_flax takes a Flax Linen module (flax.linen.Module), got {kind}")
     name = name or type(module).__name__
     input_shape = _input_shape(name, input_shape)

@@ -131,6 +131,17 @@ def test_what_does_not_fit_is_refused_clearly():
         fn.models.from_flax(WithBatchNorm(), input_shape=(28, 28, 1), outputs="logits")
     with pytest.raises(TypeError, match="takes a Flax Linen module"):
         fn.models.from_flax(lambda x: x, input_shape=(28, 28, 1), outputs="logits")
+    from flax import nnx
+
+    class UsersOwnNet(nnx.Module):   # an NNX module of the user's own module and class name
+        def __init__(self, rngs):
+            self.fc = nnx.Linear(784, 10, rngs=rngs)
+
+        def __call__(self, x):
+            return self.fc(x.reshape(x.shape[0], -1))
+
+    with pytest.raises(TypeError, match=r"an NNX module \(UsersOwnNet, a flax.nnx.Module"):
+        fn.models.from_flax(UsersOwnNet(nnx.Rngs(0)), input_shape=(28, 28, 1), outputs="logits")
     with pytest.raises(ValueError, match="input_shape must be one example's shape"):
         fn.models.from_flax(FlaxMLP(), input_shape=None, outputs="logits")
     with pytest.raises(ValueError, match="outputs must be 'log_probs' or 'logits'"):

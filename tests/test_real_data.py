@@ -156,6 +156,40 @@ def test_image_folder_errors_name_the_problem(tmp_path):
         data.image_folder(root, "val", cache_dir=False)
 
 
+def test_an_empty_class_folder_is_refused_naming_it(tmp_path):
+    root = _write_tree(tmp_path / "pets")
+    (root / "train" / "bee").mkdir()                       # between ant and cat: cat would take its label
+    with pytest.raises(data.CorruptDatasetError, match=r"train/bee: class folder with no images"):
+        data.image_folder(root, "train", cache_dir=False)
+    archive = tmp_path / "pets.tar.gz"
+    with tarfile.open(archive, "w:gz") as tar:
+        tar.add(root, arcname="pets")
+    with pytest.raises(data.CorruptDatasetError, match=rf"{archive}:train/bee: class folder with no images"):
+        data.image_folder(archive, "train", cache_dir=False)
+
+
+def test_a_truncated_archive_is_named(tmp_path):
+    root = _write_tree(tmp_path / "pets", per_class=20)
+    archive = tmp_path / "pets.tar.gz"
+    with tarfile.open(archive, "w:gz") as tar:
+        tar.add(root, arcname="pets")
+    whole = archive.read_bytes()
+    archive.write_bytes(whole[:len(whole) // 2])
+    with pytest.raises(data.CorruptDatasetError, match=rf"{archive}: the archive is truncated or corrupt"):
+        data.image_folder(archive, "train", cache_dir=False)
+    archive.write_bytes(b"not an archive at all" * 10)
+    with pytest.raises(data.CorruptDatasetError, match=rf"{archive}: the archive is truncated or corrupt"):
+        data.image_folder(archive, "train", cache_dir=False)
+
+
+def test_provenance_names_a_linked_data_folder_as_given(tmp_path):
+    root = _write_tree(tmp_path / "pets")
+    (tmp_path / "linked").symlink_to(root)
+    for cache_dir in (False, tmp_path / "cache", tmp_path / "cache"):   # decoded, cached, read from the cache
+        split = data.image_folder(tmp_path / "linked", "train", cache_dir=cache_dir)
+        assert split.info.source.startswith(f"{tmp_path / 'linked'} (train"), split.info.source
+
+
 def test_cifar10_class_folders_must_be_cifar10s(tmp_path):
     root = _write_tree(tmp_path / "notcifar", shape=(32, 32, 3), per_class=1)
     with pytest.raises(data.CorruptDatasetError, match="not CIFAR-10's classes"):
