@@ -11,8 +11,9 @@ Modules: `models` (the nets), `layers` (their pieces and init), `losses`,
 `loop` (`fit`), `metrics` (what a run reports), `checkpoint` (Orbax), `data`
 (with `download`: the published files, checksummed; `imagefolder`:
 class-folder trees), `interop` (PyTorch state dicts), `parallel` (devices and
-processes), `cpu` (the CPU backend's fast paths), `host_memory` (an opt-in
-malloc setting for CPU steps), `keys`. `torch_models` and `parity` need torch;
+processes), `cpu` (the CPU backend's fast paths), `host_memory` (the
+process-wide malloc setting that `fit`, `train_epoch` and `evaluate` make on
+the CPU), `keys`. `torch_models` and `parity` need torch;
 importing funcnets never imports it.
 """
 

@@ -34,10 +34,12 @@ resident once written). Blocks over 128 MiB, such as a whole 60,000-image
 MNIST split (180 MiB as float32), are still mapped and unmapped on their own,
 so a dataset's copies do not linger.
 
-The setting is process-wide, so nothing in funcnets makes it behind your
-back: call `reuse_freed_blocks` yourself (the experiment scripts, the
-benchmark and the profiler do, on the CPU, and print the setting). It leaves
-``malloc`` as it is when:
+The setting is process-wide. `funcnets.fit`, `funcnets.train_epoch` and
+`funcnets.evaluate` make it on the CPU (`for_cpu_steps`), and say so in one
+line the first time: ``host_malloc="system"`` (their argument) or
+``FUNCNETS_HOST_MALLOC=system`` leaves ``malloc`` alone. `funcnets.train_step`
+and the other single steps never touch it: a loop of one's own gets the fast
+path by calling `reuse_freed_blocks` once. It leaves ``malloc`` as it is when:
 
 - ``FUNCNETS_HOST_MALLOC=system`` is set (the opt-out; ``reuse``, or the
   variable unset, is the default, and any other value is an error);
@@ -64,6 +66,7 @@ _M_TRIM_THRESHOLD, _M_TOP_PAD, _M_MMAP_THRESHOLD = -1, -2, -3   # glibc's <mallo
 _OTHER_ALLOCATORS = ("jemalloc", "tcmalloc", "mimalloc")
 
 _setting: str | None = None
+_said = False
 
 
 def reason_to_leave_malloc_alone(environ=os.environ) -> str | None:
@@ -114,3 +117,40 @@ def reuse_freed_blocks() -> str:
 def setting() -> str | None:
     """What `reuse_freed_blocks` did in this process; None before it ran."""
     return _setting
+
+
+def for_cpu_steps(host_malloc: str | None, say) -> str | None:
+    """What `funcnets.fit`, `funcnets.train_epoch` and `funcnets.evaluate` do before
+    their steps: on the CPU backend, `reuse_freed_blocks` unless ``host_malloc`` is
+    ``"system"`` (or ``FUNCNETS_HOST_MALLOC=system``); ``say(line)`` once per
+    process, when this call changed ``malloc``. Returns `setting`.
+
+    Args:
+      host_malloc: None or ``"reuse"`` (the default: reuse freed blocks), or
+        ``"system"`` (leave glibc's malloc as it is).
+      say: where the one line goes (e.g. ``print``), or None for nowhere.
+    """
+    global _said
+    if host_malloc is not None and host_malloc not in OPT_OUT_VALUES:
+        accepted = ", ".join(repr(value) for value in OPT_OUT_VALUES)
+        raise ValueError(f"host_malloc must be None, {accepted}, got {host_malloc!r}")
+    if host_malloc == "system":
+        return _setting
+    import jax
+
+    if jax.default_backend() != "cpu":
+        return _setting
+    made_here = _setting is None
+    setting = reuse_freed_blocks()
+    if made_here and not _said and say is not None and setting.startswith("freed blocks reused"):
+        _said = True
+        say(f"funcnets: host memory for CPU steps: {setting}, process-wide; "
+            f"host_malloc='system' or {OPT_OUT}=system leaves malloc alone")
+    return setting
+
+
+def say_on_stderr(line: str) -> None:
+    """Print ``line`` to standard error (for `for_cpu_steps` outside `funcnets.fit`)."""
+    import sys
+
+    print(line, file=sys.stderr, flush=True)

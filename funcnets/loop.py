@@ -28,7 +28,7 @@ import numpy as np
 from jax.sharding import Mesh
 from tqdm.auto import tqdm
 
-from funcnets import keys
+from funcnets import host_memory, keys
 from funcnets.metrics import MetricsLog, epoch_line
 from funcnets.checkpoint import Checkpointer, Progress
 from funcnets.parallel import PeerLostError, check_batch_size
@@ -100,7 +100,8 @@ _MOVED = {"metrics_path": "report=fn.loop.Report(metrics_path=...)", "progress":
 def fit(state: TrainState, train: tuple, test: tuple | None = None, *, epochs: int, batch_size: int,
         rng: jax.Array, test_batch_size: int = 1000, drop_last: bool = False, log_every: int = 100,
         report: Report = Report(), checkpointer: Checkpointer | None = None, mesh: Mesh | None = None,
-        transform: Callable | None = None, **moved) -> tuple[TrainState, list[dict]]:
+        transform: Callable | None = None, host_malloc: str | None = None,
+        **moved) -> tuple[TrainState, list[dict]]:
     """Train for ``epochs`` epochs on ``train = (images, labels)``, evaluating on ``test``.
 
     Each epoch visits ``train`` in the order ``epoch_order(n, fold_in(rng, epoch))``,
@@ -126,6 +127,10 @@ def fit(state: TrainState, train: tuple, test: tuple | None = None, *, epochs: i
       transform: applied to each batch of images inside the compiled programs
         (training and evaluation), e.g. ``funcnets.data.Normalize.of(info)``, so
         the splits can stay uint8 as loaded (hashable; `funcnets.training.run_steps`).
+      host_malloc: on the CPU, None or ``"reuse"`` keeps freed blocks in the
+        process for the next step (`funcnets.host_memory`; process-wide, said in
+        one line through ``report``); ``"system"`` (or ``FUNCNETS_HOST_MALLOC=system``)
+        leaves ``malloc`` alone.
 
     Returns:
       The final state and the per-epoch records (the metrics file's ``"epoch"`` records).
@@ -167,6 +172,7 @@ def fit(state: TrainState, train: tuple, test: tuple | None = None, *, epochs: i
     if test is not None:
         test_images, test_labels = device_split(state, *test, test_batch_size, "test_batch_size", mesh=mesh,
                                                 transform=transform)
+    host_memory.for_cpu_steps(host_malloc, report.log)
     n = int(train_images.shape[0])
     epoch_steps = steps_per_epoch(n, batch_size, drop_last)
     if epoch_steps == 0:
@@ -248,7 +254,7 @@ def fit(state: TrainState, train: tuple, test: tuple | None = None, *, epochs: i
                 compiling = None
             if test is not None:
                 scores = evaluate(state, test_images, test_labels, batch_size=test_batch_size, mesh=mesh,
-                                  transform=transform)
+                                  transform=transform, host_malloc=host_malloc)
                 entry.update(test_loss=scores["loss"], test_accuracy=scores["accuracy"])
             entry.update(lr=totals.lr, seconds=time.perf_counter() - epoch_start,
                          train_seconds=train_seconds)

@@ -29,7 +29,7 @@ import numpy as np
 import optax
 from jax.sharding import Mesh
 
-from funcnets import cpu, keys, layers, losses, optim, parallel
+from funcnets import cpu, host_memory, keys, layers, losses, optim, parallel
 from funcnets.models import Model, Params
 
 Batch = tuple[Any, Any]
@@ -288,6 +288,11 @@ def make_train_step(loss_fn: losses.LossFn | None = None) -> Callable[[TrainStat
     The inputs are checked before tracing, so a wrong batch raises a clear
     ``ValueError``/``TypeError`` rather than an XLA error. The state is not
     donated: the caller's old state stays usable.
+
+    On the CPU a step changes no process-wide setting. For a loop of one's own,
+    ``funcnets.host_memory.reuse_freed_blocks()`` called once gives the fast
+    path that `funcnets.fit`, `train_epoch` and `evaluate` take (a conv net's
+    step about 25% faster: its temporaries stop being faulted in afresh).
     """
     step = _jit_with_options(functools.partial(apply_step, loss_fn=loss_fn))
 
@@ -527,8 +532,8 @@ def place_state(state: TrainState, mesh: Mesh | None) -> TrainState:
 
 
 def train_epoch(state: TrainState, images, labels, *, batch_size: int, rng: jax.Array | None = None,
-                drop_last: bool = False, scan: bool | None = None,
-                mesh: Mesh | None = None, transform: Callable | None = None) -> tuple[TrainState, Metrics]:
+                drop_last: bool = False, scan: bool | None = None, mesh: Mesh | None = None,
+                transform: Callable | None = None, host_malloc: str | None = None) -> tuple[TrainState, Metrics]:
     """One epoch over a whole split, its data put on the device once.
 
     Batches follow ``epoch_order(n, rng)`` as ``DataLoader(batch_size, shuffle,
@@ -549,6 +554,9 @@ def train_epoch(state: TrainState, images, labels, *, batch_size: int, rng: jax.
         device count.
       transform: applied to each batch of images inside the compiled step, e.g.
         ``funcnets.data.Normalize.of(info)`` for uint8 images as loaded (hashable).
+      host_malloc: on the CPU, None or ``"reuse"`` keeps freed blocks in the
+        process for the next step (`funcnets.host_memory`; process-wide, said
+        once on standard error); ``"system"`` leaves ``malloc`` alone.
 
     Returns:
       ``(state, metrics)``: per-step ``"loss"`` and ``"accuracy"`` arrays, and
@@ -566,6 +574,7 @@ def train_epoch(state: TrainState, images, labels, *, batch_size: int, rng: jax.
     images, labels = device_split(state, images, labels, batch_size, mesh=mesh, transform=transform)
     if rng is not None:
         keys.check_key(rng, "rng")
+    host_memory.for_cpu_steps(host_malloc, host_memory.say_on_stderr)
     state = place_state(state, mesh)
     history = []
     for index in batch_index(np.asarray(epoch_order(images.shape[0], rng)), batch_size, drop_last):
@@ -603,8 +612,8 @@ def _eval_split(state, images, labels, batch_size: int, loss_fn=None, transform=
     return jax.tree.map(lambda *parts: jnp.concatenate(parts), *sums)
 
 
-def evaluate(state: TrainState, images, labels, *, batch_size: int = 1000,
-             mesh: Mesh | None = None, transform: Callable | None = None) -> dict[str, float]:
+def evaluate(state: TrainState, images, labels, *, batch_size: int = 1000, mesh: Mesh | None = None,
+             transform: Callable | None = None, host_malloc: str | None = None) -> dict[str, float]:
     """Loss and accuracy over a whole split, dropout off::
 
         loss = sum_b |b| * mean_loss(b) / n,   accuracy = sum_b correct(b) / n
@@ -621,6 +630,7 @@ def evaluate(state: TrainState, images, labels, *, batch_size: int = 1000,
       mesh: split the batches that divide by its device count over it.
         Without one, the whole split is one program (``lax.map`` over the batches).
       transform: applied to each batch of images inside the program (as in `train_epoch`).
+      host_malloc: as in `train_epoch`.
 
     Returns:
       ``{"loss": float, "accuracy": float}``.
@@ -632,6 +642,7 @@ def evaluate(state: TrainState, images, labels, *, batch_size: int = 1000,
     ['accuracy', 'loss']
     """
     images, labels = device_split(state, images, labels, batch_size, mesh=mesh, transform=transform)
+    host_memory.for_cpu_steps(host_malloc, host_memory.say_on_stderr)
     state = place_state(state, mesh)
     n = images.shape[0]
     if mesh is None:

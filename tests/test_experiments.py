@@ -5,6 +5,7 @@ import importlib.metadata
 import json
 import pathlib
 import pickle
+import platform
 import subprocess
 import sys
 
@@ -340,6 +341,23 @@ def test_bench_runs_every_contestant_and_reports_ratios():
     assert f"Page faults per step (median over windows): `mnist_mlp` funcnets loop {faults:,.0f}," in table
     assert f"`mnist_mlp` 10 epochs in {whole['warm_seconds']:.2f} s warm (median of 3)" in table
     assert "GPU" not in table.split("\n")[0]
+
+
+def test_library_path_times_each_contestant_in_its_own_process(tmp_path):
+    """The library-path benchmark itself, on 2 steps (its timings mean nothing here): each
+    contestant a fresh process; funcnets' one line about host memory is reported."""
+    from experiments.tools import library_path
+
+    out = library_path.main(["--models", "mastering_cnn", "--steps", "2", "--repeats", "1",
+                             "--out", str(tmp_path / "lp")])
+    result = json.loads((out / "library_path.json").read_text())[0]
+    assert set(result["seconds_per_step"]) == set(library_path.CONTESTANTS)
+    assert all(s > 0 for s in result["seconds_per_step"].values())
+    assert set(result["speedup_over_torch_tutorial"]) == {"funcnets train_epoch", "funcnets fit"}
+    table = (out / "library_path.md").read_text()
+    assert "| mastering_cnn (32) |" in table
+    if platform.libc_ver()[0] == "glibc":
+        assert any("freed blocks reused" in line for line in result["funcnets_said"]), result
 
 
 @pytest.mark.parametrize("argv, message", [

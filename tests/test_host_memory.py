@@ -130,7 +130,8 @@ def test_an_unknown_opt_out_value_is_an_error_naming_the_accepted_ones(value):
 
 
 def test_a_train_step_never_touches_malloc(monkeypatch):
-    """The setting is process-wide: only an explicit call makes it (the scripts do, and say so)."""
+    """The setting is process-wide: single steps never make it (a loop of one's own
+    calls `reuse_freed_blocks`, as `train_step`'s docstring says)."""
     import jax
     import jax.numpy as jnp
 
@@ -139,9 +140,80 @@ def test_a_train_step_never_touches_malloc(monkeypatch):
     monkeypatch.setattr(host_memory, "_setting", None)   # as in a fresh process
     monkeypatch.setenv(host_memory.OPT_OUT, "sytem")     # would raise if anything read it
     state = fn.create_train_state(fn.models.get("mnist_mlp"), fn.optim.sgd(lr=0.01), jax.random.key(0))
-    fn.train_step(state, (jnp.zeros((8, 28, 28, 1)), jnp.zeros((8,), jnp.int32)))
-    fn.train_epoch(state, jnp.zeros((16, 28, 28, 1)), jnp.zeros((16,), jnp.int32), batch_size=8)
+    batch = (jnp.zeros((8, 28, 28, 1)), jnp.zeros((8,), jnp.int32))
+    fn.train_step(state, batch)
+    fn.eval_step(state, batch)
+    fn.make_train_step(fn.losses.nll_loss)(state, batch)
     assert host_memory.setting() is None
+
+
+# The library's epoch functions on the CPU: the setting made once, and said in one line.
+LIBRARY_PROBE = """
+import json, sys
+import jax, jax.numpy as jnp
+import funcnets as fn
+from funcnets import host_memory
+entry, choice = sys.argv[1], (None if sys.argv[2] == "default" else sys.argv[2])
+state = fn.create_train_state(fn.models.get("mnist_mlp"), fn.optim.sgd(lr=0.01), jax.random.key(0))
+images, labels = jnp.zeros((16, 28, 28, 1)), jnp.zeros((16,), jnp.int32)
+fn.train_step(state, (images[:8], labels[:8]))
+assert host_memory.setting() is None, "a train step changed malloc"
+log = []
+for _ in range(2):
+    if entry == "train_epoch":
+        state, _ = fn.train_epoch(state, images, labels, batch_size=8, host_malloc=choice)
+    elif entry == "evaluate":
+        fn.evaluate(state, images, labels, batch_size=8, host_malloc=choice)
+    else:
+        state, _ = fn.fit(state, (images, labels), (images, labels), epochs=1, batch_size=8, rng=jax.random.key(1),
+                          report=fn.loop.Report(progress=False, log=log.append), host_malloc=choice)
+print(json.dumps({"setting": host_memory.setting(), "log": [line for line in log if "host memory" in line]}))
+"""
+
+
+def _library_probe(entry: str, choice: str = "default", **extra) -> tuple[dict, list[str]]:
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith(("MALLOC_", "GLIBC_TUNABLES", "LD_PRELOAD", host_memory.OPT_OUT))}
+    run = subprocess.run([sys.executable, "-c", LIBRARY_PROBE, entry, choice],
+                         env={**env, **extra, "JAX_PLATFORMS": "cpu"}, capture_output=True, text=True, timeout=300,
+                         check=False)
+    assert run.returncode == 0, run.stderr[-3000:]
+    said = [line for line in run.stderr.splitlines() if line.startswith("funcnets: host memory")]
+    return json.loads(run.stdout.strip().splitlines()[-1]), said
+
+
+@pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="the setting is glibc's malloc's")
+@pytest.mark.parametrize("entry", ["train_epoch", "evaluate", "fit"])
+def test_the_epoch_functions_take_the_fast_path_and_say_so_once(entry):
+    result, said = _library_probe(entry)
+    assert result["setting"].startswith("freed blocks reused"), result
+    lines = result["log"] if entry == "fit" else said     # fit says it through its report, the others on stderr
+    assert len(lines) == 1, (result, said)
+    assert "process-wide" in lines[0] and "host_malloc='system'" in lines[0] and "FUNCNETS_HOST_MALLOC=system" in lines[0]
+    if entry == "fit":
+        assert said == []
+
+
+@pytest.mark.parametrize("entry", ["train_epoch", "evaluate", "fit"])
+def test_host_malloc_system_or_the_variable_leaves_malloc_alone(entry):
+    result, said = _library_probe(entry, "system")
+    assert result["setting"] is None and said == [] and result["log"] == [], (result, said)
+    result, said = _library_probe(entry, **{host_memory.OPT_OUT: "system"})
+    assert result["setting"] == f"system malloc ({host_memory.OPT_OUT}=system)", result
+    assert said == [] and result["log"] == [], (result, said)
+
+
+def test_an_unknown_host_malloc_is_named_before_any_step():
+    import jax
+    import jax.numpy as jnp
+
+    import funcnets as fn
+
+    state = fn.create_train_state(fn.models.get("mnist_mlp"), fn.optim.sgd(lr=0.01), jax.random.key(0))
+    with pytest.raises(ValueError, match=r"host_malloc must be None, 'reuse', 'system', got 'off'"):
+        fn.train_epoch(state, jnp.zeros((16, 28, 28, 1)), jnp.zeros((16,), jnp.int32), batch_size=8,
+                       host_malloc="off")
+    assert int(state.step) == 0
 
 
 def test_the_scripts_set_it_up_and_say_so(monkeypatch, capsys):
