@@ -23,6 +23,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from funcnets import layers
 from funcnets.models import Model, Params
 
 
@@ -34,14 +35,16 @@ def _to_numpy(value: Any) -> np.ndarray:
 
 def torch_shapes(model: Model) -> dict[str, tuple[int, ...]]:
     """PyTorch's ``state_dict`` keys and shapes for ``model``, in PyTorch's order."""
+    return {key: shape for key, (_, _, _, shape) in _entries(model).items()}
+
+
+def _entries(model: Model) -> dict[str, tuple[str, str, Any, tuple[int, ...]]]:
+    """``state_dict`` key -> (layer name, funcnets param name, layer spec, PyTorch shape)."""
     if not model.layers:
         raise ValueError(f"{model.name} is a model of one's own (funcnets.models.from_flax/from_functions): "
                          "funcnets does not know its PyTorch layers, so it cannot map a state_dict to it")
-    shapes = {}
-    for name, spec in model.layers:
-        shapes[f"{name}.weight"] = spec.torch_weight_shape
-        shapes[f"{name}.bias"] = spec.torch_weight_shape[:1]
-    return shapes
+    return {f"{name}.{suffix}": (name, param, spec, shape)
+            for name, spec in model.layers for suffix, (param, shape) in layers.torch_params(spec).items()}
 
 
 def params_from_torch(model: Model, state_dict: Mapping[str, Any]) -> Params:
@@ -51,34 +54,32 @@ def params_from_torch(model: Model, state_dict: Mapping[str, Any]) -> Params:
     when ``jax_enable_x64`` is on). Missing, unexpected or misshapen entries
     raise a ``ValueError`` naming them.
     """
-    expected = torch_shapes(model)
-    missing = [k for k in expected if k not in state_dict]
-    unexpected = [k for k in state_dict if k not in expected]
+    entries = _entries(model)
+    missing = [k for k in entries if k not in state_dict]
+    unexpected = [k for k in state_dict if k not in entries]
     if missing or unexpected:
         raise ValueError(f"state_dict does not match {model.name}: missing {missing}, "
                          f"unexpected {unexpected}")
-    arrays = {k: _to_numpy(state_dict[k]) for k in expected}
-    wrong = {k: a.shape for k, a in arrays.items() if a.shape != expected[k]}
+    arrays = {k: _to_numpy(state_dict[k]) for k in entries}
+    wrong = {k: a.shape for k, a in arrays.items() if a.shape != entries[k][3]}
     if wrong:
         raise ValueError(f"state_dict shapes do not match {model.name}: got {wrong}, "
-                         f"expected {({k: expected[k] for k in wrong})}")
-    return {
-        name: {"kernel": jnp.asarray(spec.kernel_from_torch(arrays[f"{name}.weight"])),
-               "bias": jnp.asarray(arrays[f"{name}.bias"])}
-        for name, spec in model.layers
-    }
+                         f"expected {({k: entries[k][3] for k in wrong})}")
+    params: Params = {name: {} for name, _ in model.layers}
+    for key, (name, param, spec, _) in entries.items():
+        params[name][param] = jnp.asarray(layers.param_from_torch(spec, param, arrays[key]))
+    return params
 
 
 def params_to_numpy_state_dict(model: Model, params: Params) -> OrderedDict[str, np.ndarray]:
     """PyTorch's ``state_dict`` layout, as NumPy arrays (no torch needed)."""
-    torch_shapes(model)   # a clear error for a model without PyTorch layers
+    entries = _entries(model)   # a clear error for a model without PyTorch layers
     params = jax.device_get(params)
     state_dict = OrderedDict()
-    for name, spec in model.layers:
+    for key, (name, param, spec, _) in entries.items():
         if name not in params:
             raise ValueError(f"params have no entry {name!r} for {model.name}; got {sorted(params)}")
-        state_dict[f"{name}.weight"] = np.ascontiguousarray(spec.kernel_to_torch(np.asarray(params[name]["kernel"])))
-        state_dict[f"{name}.bias"] = np.asarray(params[name]["bias"])
+        state_dict[key] = np.ascontiguousarray(layers.param_to_torch(spec, param, np.asarray(params[name][param])))
     return state_dict
 
 

@@ -7,22 +7,36 @@ and from a PyTorch ``state_dict``. The forward maths are plain functions
 
 Layouts (JAX-native, so the forward needs no transposes):
 
-=========  ==========================  ==============================
-layer      funcnets ``kernel``          PyTorch ``weight``
-=========  ==========================  ==============================
-Linear     (in_features, out_features)  (out_features, in_features)
-Conv2d     (kh, kw, in_ch, out_ch) HWIO (out_ch, in_ch, kh, kw) OIHW
-=========  ==========================  ==============================
+===============  ==========================  ==============================
+layer            funcnets ``kernel``          PyTorch ``weight``
+===============  ==========================  ==============================
+Linear           (in_features, out_features)  (out_features, in_features)
+Conv2d           (kh, kw, in_ch, out_ch) HWIO (out_ch, in_ch, kh, kw) OIHW
+ConvTranspose2d  (kh, kw, in_ch, out_ch)      (in_ch, out_ch, kh, kw)
+===============  ==========================  ==============================
 
-PyTorch's default init (``reset_parameters`` of ``nn.Linear``/``nn.Conv2d``)
-is ``kaiming_uniform_(weight, a=sqrt(5))``, i.e. with gain
-``sqrt(2 / (1 + a^2)) = sqrt(1/3)`` and bound ``gain * sqrt(3 / fan_in)``::
+`RNN`, `LSTM` and `GRU` keep PyTorch's own names and layouts
+(``weight_ih_l0`` is ``(gates * hidden, input)``, gates in PyTorch's order).
+
+PyTorch's default init (``reset_parameters`` of ``nn.Linear``/``nn.Conv2d``/
+``nn.ConvTranspose2d``) is ``kaiming_uniform_(weight, a=sqrt(5))``, i.e. with
+gain ``sqrt(2 / (1 + a^2)) = sqrt(1/3)`` and bound ``gain * sqrt(3 / fan_in)``::
 
     weight ~ U(-1/sqrt(fan_in), 1/sqrt(fan_in))
     bias   ~ U(-1/sqrt(fan_in), 1/sqrt(fan_in))
 
-with ``fan_in = in_features`` (Linear) or ``in_ch * kh * kw`` (Conv2d). Flax's
-defaults (lecun-normal kernels, zero biases) differ; these do not.
+with ``fan_in = in_features`` (Linear), ``in_ch * kh * kw`` (Conv2d) or
+``out_ch * kh * kw`` (ConvTranspose2d: PyTorch reads the fan-in off the
+weight's second axis). The recurrent layers draw every param from
+``U(-1/sqrt(hidden), 1/sqrt(hidden))``, so their ``fan_in`` is
+``hidden_size``. Flax's defaults (lecun-normal kernels, zero biases) differ;
+these do not.
+
+Layers without parameters take PyTorch's names and arguments too: the
+activations (`ReLU`, `Sigmoid`, `Tanh`, `LeakyReLU`, `GELU`, `ELU`, `SiLU`,
+`Softmax`, `LogSoftmax`), the pools (`MaxPool2d`, `AvgPool2d`, `MinPool2d`,
+`AdaptiveAvgPool2d`, `GlobalAvgPool2d`), `Flatten`, `Dropout`, `Dropout2d`,
+and `Last` (the last step of a sequence).
 """
 
 from __future__ import annotations
@@ -117,6 +131,17 @@ class Linear(NamedTuple):
         return weight
 
 
+def _conv_param_shapes(spec) -> dict[str, tuple[int, ...]]:
+    """A 2-D (transposed) convolution's ``kernel (k, k, in, out)`` and ``bias (out,)``."""
+    k = spec.kernel_size
+    return {"kernel": (k, k, spec.in_channels, spec.out_channels), "bias": (spec.out_channels,)}
+
+
+def _default_init(spec, key: jax.Array, dtype=jnp.float32) -> LayerParams:
+    """``spec.init``: PyTorch's default init (`torch_default_init`)."""
+    return torch_default_init(spec, key, dtype)
+
+
 class Conv2d(NamedTuple):
     """``nn.Conv2d(in_channels, out_channels, kernel_size, stride=1, padding=0)``.
 
@@ -138,13 +163,8 @@ class Conv2d(NamedTuple):
     def torch_weight_shape(self) -> tuple[int, ...]:
         return (self.out_channels, self.in_channels, self.kernel_size, self.kernel_size)
 
-    @property
-    def param_shapes(self) -> dict[str, tuple[int, ...]]:
-        k = self.kernel_size
-        return {"kernel": (k, k, self.in_channels, self.out_channels), "bias": (self.out_channels,)}
-
-    def init(self, key: jax.Array, dtype=jnp.float32) -> LayerParams:
-        return torch_default_init(self, key, dtype)
+    param_shapes = property(_conv_param_shapes)
+    init = _default_init
 
     def kernel_from_torch(self, weight: np.ndarray) -> np.ndarray:
         return weight.transpose(2, 3, 1, 0)
@@ -153,19 +173,237 @@ class Conv2d(NamedTuple):
         return kernel.transpose(3, 2, 0, 1)
 
 
-Layer = Linear | Conv2d
+class ConvTranspose2d(NamedTuple):
+    """``nn.ConvTranspose2d(in_channels, out_channels, kernel_size, stride=1, padding=0,
+    output_padding=0)`` ("DeConv"): `conv_transpose2d`.
+
+    An ``H x W`` input gives ``(H - 1) * s - 2p + k + output_padding`` rows (and
+    columns alike); ``output_padding < stride``, as PyTorch requires.
+    """
+
+    in_channels: int
+    out_channels: int
+    kernel_size: int
+    stride: int = 1
+    padding: int = 0
+    output_padding: int = 0
+
+    @property
+    def fan_in(self) -> int:
+        return self.out_channels * self.kernel_size**2
+
+    @property
+    def torch_weight_shape(self) -> tuple[int, ...]:
+        return (self.in_channels, self.out_channels, self.kernel_size, self.kernel_size)
+
+    param_shapes = property(_conv_param_shapes)
+    init = _default_init
+
+    def kernel_from_torch(self, weight: np.ndarray) -> np.ndarray:
+        return weight.transpose(2, 3, 0, 1)
+
+    def kernel_to_torch(self, kernel: np.ndarray) -> np.ndarray:
+        return kernel.transpose(2, 3, 0, 1)
+
+
+def _directions(spec) -> int:
+    return 2 if spec.bidirectional else 1
+
+
+def _recurrent_fan_in(spec) -> int:   # every param ~ U(-1/sqrt(hidden), 1/sqrt(hidden))
+    return spec.hidden_size
+
+
+def _recurrent_param_shapes(spec) -> dict[str, tuple[int, ...]]:
+    """PyTorch's ``_flat_weights_names`` and shapes, in its order."""
+    shapes, width = {}, spec.GATES * spec.hidden_size
+    for layer in range(spec.num_layers):
+        inputs = spec.input_size if layer == 0 else spec.hidden_size * spec.directions
+        for direction in range(spec.directions):
+            suffix = f"_l{layer}{'_reverse' if direction else ''}"
+            shapes[f"weight_ih{suffix}"] = (width, inputs)
+            shapes[f"weight_hh{suffix}"] = (width, spec.hidden_size)
+            if spec.bias:
+                shapes[f"bias_ih{suffix}"] = (width,)
+                shapes[f"bias_hh{suffix}"] = (width,)
+    return shapes
+
+
+class RNN(NamedTuple):
+    """``nn.RNN(input_size, hidden_size, num_layers=1, nonlinearity='tanh', bias=True,
+    batch_first=False, dropout=0.0, bidirectional=False)``: `recurrent`, with
+    ``h_t = act(x_t W_ih^T + b_ih + h_{t-1} W_hh^T + b_hh)``."""
+
+    input_size: int
+    hidden_size: int
+    num_layers: int = 1
+    nonlinearity: str = "tanh"
+    bias: bool = True
+    batch_first: bool = False
+    dropout: float = 0.0
+    bidirectional: bool = False
+
+    GATES = 1
+    directions = property(_directions)
+    fan_in = property(_recurrent_fan_in)
+    param_shapes = property(_recurrent_param_shapes)
+    init = _default_init
+
+
+class LSTM(NamedTuple):
+    """``nn.LSTM(input_size, hidden_size, num_layers=1, bias=True, batch_first=False,
+    dropout=0.0, bidirectional=False)``: `recurrent`, PyTorch's gates in its
+    order ``i, f, g, o``::
+
+        i, f, g, o = sigma(.), sigma(.), tanh(.), sigma(.)   of x_t W_ih^T + b_ih + h W_hh^T + b_hh
+        c_t = f * c_{t-1} + i * g,   h_t = o * tanh(c_t)
+    """
+
+    input_size: int
+    hidden_size: int
+    num_layers: int = 1
+    bias: bool = True
+    batch_first: bool = False
+    dropout: float = 0.0
+    bidirectional: bool = False
+
+    GATES = 4
+    directions = property(_directions)
+    fan_in = property(_recurrent_fan_in)
+    param_shapes = property(_recurrent_param_shapes)
+    init = _default_init
+
+
+class GRU(NamedTuple):
+    """``nn.GRU(input_size, hidden_size, num_layers=1, bias=True, batch_first=False,
+    dropout=0.0, bidirectional=False)``: `recurrent`, PyTorch's gates ``r, z, n``::
+
+        r = sigma(x W_ir^T + b_ir + h W_hr^T + b_hr),  z = sigma(x W_iz^T + b_iz + h W_hz^T + b_hz)
+        n = tanh(x W_in^T + b_in + r * (h W_hn^T + b_hn)),  h_t = (1 - z) * n + z * h_{t-1}
+    """
+
+    input_size: int
+    hidden_size: int
+    num_layers: int = 1
+    bias: bool = True
+    batch_first: bool = False
+    dropout: float = 0.0
+    bidirectional: bool = False
+
+    GATES = 3
+    directions = property(_directions)
+    fan_in = property(_recurrent_fan_in)
+    param_shapes = property(_recurrent_param_shapes)
+    init = _default_init
+
+
+Recurrent = RNN | LSTM | GRU
+Layer = Linear | Conv2d | ConvTranspose2d | RNN | LSTM | GRU
+WITH_PARAMS = (Linear, Conv2d, ConvTranspose2d, RNN, LSTM, GRU)
+
+
+def torch_params(spec: Layer) -> dict[str, tuple[str, tuple[int, ...]]]:
+    """``spec``'s PyTorch ``state_dict`` entries, in PyTorch's order: suffix (``"weight"``)
+    -> (funcnets param name, PyTorch shape)."""
+    if isinstance(spec, (RNN, LSTM, GRU)):
+        return {name: (name, shape) for name, shape in spec.param_shapes.items()}
+    return {"weight": ("kernel", spec.torch_weight_shape), "bias": ("bias", spec.param_shapes["bias"])}
+
+
+def param_from_torch(spec: Layer, name: str, array: np.ndarray) -> np.ndarray:
+    """PyTorch's layout of param ``name`` (funcnets' name) to funcnets'."""
+    return spec.kernel_from_torch(array) if name == "kernel" else array
+
+
+def param_to_torch(spec: Layer, name: str, array: np.ndarray) -> np.ndarray:
+    """funcnets' layout of param ``name`` to PyTorch's."""
+    return spec.kernel_to_torch(array) if name == "kernel" else array
 
 
 # --- layers without parameters, for composing nets (funcnets.models.sequential) -----------
 
 class ReLU(NamedTuple):
-    """``nn.ReLU()``."""
+    """``nn.ReLU()``: ``max(x, 0)`` (gradient 0 at 0, as PyTorch's)."""
+
+
+class Sigmoid(NamedTuple):
+    """``nn.Sigmoid()``: ``1 / (1 + exp(-x))``."""
+
+
+class Tanh(NamedTuple):
+    """``nn.Tanh()``."""
+
+
+class LeakyReLU(NamedTuple):
+    """``nn.LeakyReLU(negative_slope=0.01)``: ``x`` where ``x > 0``, else
+    ``negative_slope * x`` (so the gradient at 0 is ``negative_slope``, as PyTorch's)."""
+
+    negative_slope: float = 0.01
+
+
+class GELU(NamedTuple):
+    """``nn.GELU(approximate='none')``: ``x * Phi(x)`` (``'tanh'``: the tanh approximation)."""
+
+    approximate: str = "none"
+
+
+class ELU(NamedTuple):
+    """``nn.ELU(alpha=1.0)``: ``x`` where ``x > 0``, else ``alpha * (exp(x) - 1)``."""
+
+    alpha: float = 1.0
+
+
+class SiLU(NamedTuple):
+    """``nn.SiLU()``: ``x * sigmoid(x)``."""
+
+
+class Softmax(NamedTuple):
+    """``nn.Softmax(dim=None)``: ``exp(x) / sum(exp(x))`` along PyTorch's ``dim`` of the
+    NCHW tensor (on funcnets' NHWC maps, ``dim=1`` is the channel axis); ``None``
+    is PyTorch's implicit choice (dim 1 for 2-D and 4-D inputs, else 0)."""
+
+    dim: int | None = None
 
 
 class MaxPool2d(NamedTuple):
-    """``nn.MaxPool2d(kernel_size)`` (stride = kernel_size, floor): `max_pool2d`."""
+    """``nn.MaxPool2d(kernel_size, stride=None, padding=0)``: `max_pool2d` (``stride``
+    None is ``kernel_size``; floor mode; padding counts as ``-inf``)."""
 
     kernel_size: int = 2
+    stride: int | None = None
+    padding: int = 0
+
+
+class AvgPool2d(NamedTuple):
+    """``nn.AvgPool2d(kernel_size, stride=None, padding=0)`` (mean-pooling): `avg_pool2d`
+    (PyTorch's defaults ``ceil_mode=False, count_include_pad=True``: a window's
+    padding counts as zeros in its mean)."""
+
+    kernel_size: int
+    stride: int | None = None
+    padding: int = 0
+
+
+class MinPool2d(NamedTuple):
+    """Min-pooling, which PyTorch has no layer for: its reading ``-max_pool2d(-x)``
+    (`min_pool2d`), with `MaxPool2d`'s arguments; the twin is
+    ``funcnets.torch_models.MinPool2d``."""
+
+    kernel_size: int = 2
+    stride: int | None = None
+    padding: int = 0
+
+
+class AdaptiveAvgPool2d(NamedTuple):
+    """``nn.AdaptiveAvgPool2d(output_size)``: `adaptive_avg_pool2d` (an int, or a pair
+    whose ``None`` keeps that input size)."""
+
+    output_size: int | tuple[int | None, int | None]
+
+
+class Last(NamedTuple):
+    """The last step of a sequence: ``(B, T, H) -> (B, H)``, ``x[:, -1]`` (after a
+    ``batch_first`` `RNN`/`LSTM`/`GRU`); its twin is ``funcnets.torch_models.Last``."""
 
 
 class GlobalAvgPool2d(NamedTuple):
@@ -193,7 +431,10 @@ class LogSoftmax(NamedTuple):
     """``nn.LogSoftmax(dim=1)``: log-probabilities over the classes."""
 
 
-Stateless = ReLU | MaxPool2d | GlobalAvgPool2d | Flatten | Dropout | Dropout2d | LogSoftmax
+Stateless = (ReLU | Sigmoid | Tanh | LeakyReLU | GELU | ELU | SiLU | Softmax | MaxPool2d | AvgPool2d | MinPool2d
+             | AdaptiveAvgPool2d | GlobalAvgPool2d | Flatten | Dropout | Dropout2d | LogSoftmax | Last)
+ACTIVATIONS = (ReLU, Sigmoid, Tanh, LeakyReLU, GELU, ELU, SiLU, Softmax)
+POOLS = (MaxPool2d, AvgPool2d, MinPool2d)
 
 
 def output_shape(spec, shape: tuple[int, ...]) -> tuple[int, ...]:
@@ -212,20 +453,84 @@ def output_shape(spec, shape: tuple[int, ...]) -> tuple[int, ...]:
             raise ValueError(f"a {spec.kernel_size}x{spec.kernel_size} kernel (padding {spec.padding}) does not "
                              f"fit an input of shape {shape}")
         return (h // spec.stride + 1, w // spec.stride + 1, spec.out_channels)
-    if isinstance(spec, (MaxPool2d, GlobalAvgPool2d, Dropout2d)):
+    if isinstance(spec, ConvTranspose2d):
+        if len(shape) != 3 or shape[-1] != spec.in_channels:
+            raise ValueError(f"expects an (H, W, {spec.in_channels}) map, gets shape {shape}")
+        if not 0 <= spec.output_padding < spec.stride:
+            raise ValueError(f"output_padding must be >= 0 and smaller than stride {spec.stride}, "
+                             f"got {spec.output_padding}")
+        h, w = ((size - 1) * spec.stride - 2 * spec.padding + spec.kernel_size + spec.output_padding
+                for size in shape[:2])
+        if h < 1 or w < 1:
+            raise ValueError(f"padding {spec.padding} leaves no output from an input of shape {shape}")
+        return (h, w, spec.out_channels)
+    if isinstance(spec, (RNN, LSTM, GRU)):
+        _check_recurrent(spec)
+        if len(shape) != 2 or shape[-1] != spec.input_size:
+            raise ValueError(f"expects a (T, {spec.input_size}) sequence, gets shape {shape}")
+        return (shape[0], spec.hidden_size * spec.directions)
+    if isinstance(spec, Last):
+        if len(shape) != 2:
+            raise ValueError(f"expects a (T, features) sequence, gets shape {shape}")
+        return (shape[1],)
+    if isinstance(spec, (*POOLS, AdaptiveAvgPool2d, GlobalAvgPool2d, Dropout2d)):
         if len(shape) != 3:
             raise ValueError(f"expects an (H, W, C) map, gets shape {shape}")
-        if isinstance(spec, MaxPool2d):
-            if spec.kernel_size > min(shape[:2]):
-                raise ValueError(f"a {spec.kernel_size}x{spec.kernel_size} pool is larger than its input of "
-                                 f"shape {shape}")
-            return (shape[0] // spec.kernel_size, shape[1] // spec.kernel_size, shape[2])
+        if isinstance(spec, POOLS):
+            k, stride, pad = pool_window(spec)
+            if pad > k // 2:
+                raise ValueError(f"padding {pad} must be at most half the kernel size {k}")
+            if k > min(shape[:2]) + 2 * pad:
+                raise ValueError(f"a {k}x{k} pool is larger than its input of shape {shape}"
+                                 + (f" with padding {pad}" if pad else ""))
+            return (*((size + 2 * pad - k) // stride + 1 for size in shape[:2]), shape[2])
+        if isinstance(spec, AdaptiveAvgPool2d):
+            return (*adaptive_size(spec.output_size, shape[:2]), shape[2])
         return (1, 1, shape[2]) if isinstance(spec, GlobalAvgPool2d) else shape
     if isinstance(spec, Flatten):
         return (math.prod(shape),)
-    if isinstance(spec, (ReLU, Dropout, LogSoftmax)):
+    if isinstance(spec, Softmax):
+        softmax_axis(spec.dim, len(shape) + 1)
+        return shape
+    if isinstance(spec, (*ACTIVATIONS, Dropout, LogSoftmax)):
+        if isinstance(spec, GELU) and spec.approximate not in ("none", "tanh"):
+            raise ValueError(f"approximate must be 'none' or 'tanh', got {spec.approximate!r}")
         return shape
     raise TypeError(f"not a funcnets layer: {spec!r}")
+
+
+def _check_recurrent(spec) -> None:
+    if isinstance(spec, RNN) and spec.nonlinearity not in ("tanh", "relu"):
+        raise ValueError(f"nonlinearity must be 'tanh' or 'relu', got {spec.nonlinearity!r}")
+    if not isinstance(spec.num_layers, int) or spec.num_layers < 1:
+        raise ValueError(f"num_layers must be a positive integer, got {spec.num_layers!r}")
+    if not 0.0 <= spec.dropout < 1.0:
+        raise ValueError(f"dropout must lie in [0, 1), got {spec.dropout!r}")
+
+
+def pool_window(spec) -> tuple[int, int, int]:
+    """``(kernel, stride, padding)`` of a pooling layer (``stride`` None is the kernel)."""
+    return spec.kernel_size, spec.kernel_size if spec.stride is None else spec.stride, spec.padding
+
+
+def adaptive_size(output_size, size: tuple[int, int]) -> tuple[int, int]:
+    """``AdaptiveAvgPool2d``'s output ``(h, w)`` for an input of ``size``."""
+    pair = (output_size, output_size) if isinstance(output_size, int) else tuple(output_size)
+    if len(pair) != 2 or any(o is not None and (not isinstance(o, int) or o < 1) for o in pair):
+        raise ValueError(f"output_size must be a positive int or a pair of them (None keeps a size), "
+                         f"got {output_size!r}")
+    return tuple(s if o is None else o for o, s in zip(pair, size))
+
+
+def softmax_axis(dim: int | None, ndim: int) -> int:
+    """funcnets' axis for PyTorch's softmax ``dim`` of an ``ndim``-D tensor (NCHW for 4-D,
+    whose channel ``dim=1`` is funcnets' last axis); None is PyTorch's implicit dim."""
+    if dim is None:
+        dim = 0 if ndim in (0, 1, 3) else 1
+    if not -ndim <= dim < ndim:
+        raise ValueError(f"dim {dim} is out of range for a {ndim}-D input (batch included)")
+    dim %= ndim
+    return (0, 3, 1, 2)[dim] if ndim == 4 else dim
 
 
 def linear(params: LayerParams, x: jax.Array) -> jax.Array:
@@ -303,6 +608,165 @@ def _max_pool_backward(size, saved, grad):
 
 
 _max_pool.defvjp(_max_pool_forward, _max_pool_backward)
+
+
+def pool2d(x: jax.Array, kind: str, kernel_size: int, stride: int | None = None, padding: int = 0) -> jax.Array:
+    """``F.max_pool2d`` (``kind="max"``), ``F.avg_pool2d`` or min-pooling (``-max_pool2d(-x)``)
+    on NHWC ``(B, H, W, C) -> (B, Ho, Wo, C)``, ``Ho = (H + 2p - k) // s + 1``.
+
+    Max and min pad with ``-inf``/``+inf``; the mean pads with zeros and divides
+    by ``k * k`` (``count_include_pad=True``). Non-overlapping max-pooling
+    without padding is `max_pool2d`; the other windows are
+    ``lax.reduce_window``, whose max gradient also goes to each window's first
+    maximum, as PyTorch's.
+    """
+    stride = kernel_size if stride is None else stride
+    if kind == "min":
+        return -pool2d(-x, "max", kernel_size, stride, padding)
+    if kind == "max" and stride == kernel_size and padding == 0:
+        return max_pool2d(x, kernel_size)
+    window, strides = (1, kernel_size, kernel_size, 1), (1, stride, stride, 1)
+    pads = ((0, 0), (padding, padding), (padding, padding), (0, 0))
+    if kind == "max":
+        return jax.lax.reduce_window(x, -jnp.inf, jax.lax.max, window, strides, pads)
+    if kind == "avg":
+        total = jax.lax.reduce_window(x, 0.0, jax.lax.add, window, strides, pads)
+        return total / (kernel_size * kernel_size)
+    raise ValueError(f"pool2d: kind must be 'max', 'avg' or 'min', got {kind!r}")
+
+
+def adaptive_avg_pool2d(x: jax.Array, output_size) -> jax.Array:
+    """``F.adaptive_avg_pool2d``: ``(B, H, W, C) -> (B, h, w, C)``; output row ``i`` is the
+    mean of input rows ``floor(i H / h)`` to ``ceil((i + 1) H / h)`` (PyTorch's
+    windows), as one averaging matrix per axis."""
+    h, w = adaptive_size(output_size, x.shape[1:3])
+    rows, columns = _adaptive_matrix(x.shape[1], h, x.dtype), _adaptive_matrix(x.shape[2], w, x.dtype)
+    return jnp.einsum("ih,bhwc,jw->bijc", rows, x, columns)
+
+
+def _adaptive_matrix(size: int, out: int, dtype) -> jax.Array:
+    matrix = np.zeros((out, size))
+    for i in range(out):
+        start, end = (i * size) // out, -((-(i + 1) * size) // out)
+        matrix[i, start:end] = 1.0 / (end - start)
+    return jnp.asarray(matrix, dtype)
+
+
+def conv_transpose2d(params: LayerParams, x: jax.Array, stride: int = 1, padding: int = 0,
+                     output_padding: int = 0) -> jax.Array:
+    """``F.conv_transpose2d`` on NHWC: ``(B, H, W, Cin) -> (B, Ho, Wo, Cout)``, the gradient
+    of `conv2d` with respect to its input::
+
+        y[b, s*h + i - p, s*w + j - p, o] += x[b, h, w, c] * kernel[i, j, c, o]   (+ bias[o])
+
+    ``Ho = (H - 1) s - 2p + k + output_padding``. Computed as a stride-1 convolution
+    of ``x`` dilated by ``s`` (``lhs_dilation``) with the kernel flipped, padded by
+    ``k - 1 - p`` (plus ``output_padding`` after).
+    """
+    k = params["kernel"].shape[0]
+    before, after = k - 1 - padding, k - 1 - padding + output_padding
+    y = jax.lax.conv_general_dilated(x, params["kernel"][::-1, ::-1], window_strides=(1, 1),
+                                     padding=((before, after), (before, after)), lhs_dilation=(stride, stride),
+                                     dimension_numbers=("NHWC", "HWIO", "NHWC"))
+    return y + params["bias"][None, None, None, :]
+
+
+def recurrent(spec: Recurrent, params: LayerParams, x: jax.Array, *, dropout_units=None) -> jax.Array:
+    """``nn.RNN``/``nn.LSTM``/``nn.GRU``'s first output: every step's hidden state of the
+    last layer, ``(B, T, dirs * H)`` (``batch_first``) or ``(T, B, dirs * H)``, from
+    zero initial states. Each layer's input products ``x W_ih^T + b_ih`` are one
+    matmul over all steps; the steps are a ``lax.scan``. A bidirectional layer
+    runs a second set of weights (``_reverse``) over the reversed sequence and
+    concatenates ``[forward, backward]`` features. ``dropout_units``: in
+    training, ``num_layers - 1`` arrays of ``U[0, 1)`` draws, one per layer
+    output but the last (`dropout_from_unit` at ``spec.dropout``), as PyTorch's
+    ``dropout`` argument applies."""
+    sequence = jnp.swapaxes(x, 0, 1) if spec.batch_first else x   # (T, B, features)
+    for layer in range(spec.num_layers):
+        outputs = []
+        for direction in range(spec.directions):
+            suffix = f"_l{layer}{'_reverse' if direction else ''}"
+            inputs = sequence[::-1] if direction else sequence
+            states = _run_cell(spec, params, suffix, inputs)
+            outputs.append(states[::-1] if direction else states)
+        sequence = outputs[0] if len(outputs) == 1 else jnp.concatenate(outputs, axis=-1)
+        if dropout_units is not None and layer < spec.num_layers - 1:
+            sequence = dropout_from_unit(sequence, spec.dropout, dropout_units[layer])
+    return jnp.swapaxes(sequence, 0, 1) if spec.batch_first else sequence
+
+
+def _run_cell(spec: Recurrent, params: LayerParams, suffix: str, inputs: jax.Array) -> jax.Array:
+    """One direction of one layer over ``inputs (T, B, F)``: the hidden states ``(T, B, H)``."""
+    w_ih, w_hh = params[f"weight_ih{suffix}"], params[f"weight_hh{suffix}"]
+    projected = inputs @ w_ih.T                              # (T, B, gates * H)
+    b_hh = None
+    if spec.bias:
+        projected = projected + params[f"bias_ih{suffix}"][None, None, :]
+        b_hh = params[f"bias_hh{suffix}"][None, :]
+    hidden = jnp.zeros((inputs.shape[1], spec.hidden_size), inputs.dtype)
+
+    def recurrent_part(h):
+        out = h @ w_hh.T
+        return out if b_hh is None else out + b_hh
+
+    if isinstance(spec, LSTM):
+        def step(carry, x_t):
+            h, c = carry
+            i, f, g, o = jnp.split(x_t + recurrent_part(h), 4, axis=-1)
+            c = jax.nn.sigmoid(f) * c + jax.nn.sigmoid(i) * jnp.tanh(g)
+            h = jax.nn.sigmoid(o) * jnp.tanh(c)
+            return (h, c), h
+
+        _, states = jax.lax.scan(step, (hidden, hidden), projected)
+    elif isinstance(spec, GRU):
+        def step(h, x_t):
+            x_r, x_z, x_n = jnp.split(x_t, 3, axis=-1)
+            h_r, h_z, h_n = jnp.split(recurrent_part(h), 3, axis=-1)
+            r, z = jax.nn.sigmoid(x_r + h_r), jax.nn.sigmoid(x_z + h_z)
+            n = jnp.tanh(x_n + r * h_n)
+            h = (1.0 - z) * n + z * h
+            return h, h
+
+        _, states = jax.lax.scan(step, hidden, projected)
+    else:
+        act = jnp.tanh if spec.nonlinearity == "tanh" else jax.nn.relu
+
+        def step(h, x_t):
+            h = act(x_t + recurrent_part(h))
+            return h, h
+
+        _, states = jax.lax.scan(step, hidden, projected)
+    return states
+
+
+def recurrent_dropout_sizes(spec: Recurrent, batch: int, steps: int) -> list[int]:
+    """How many dropout draws `recurrent` takes in training: one mask of
+    ``B * T * dirs * H`` per layer output but the last (none at rate 0)."""
+    if spec.dropout == 0.0 or spec.num_layers == 1:
+        return []
+    return [batch * steps * spec.directions * spec.hidden_size] * (spec.num_layers - 1)
+
+
+def activation(spec, x: jax.Array) -> jax.Array:
+    """The activation layer ``spec`` (`ACTIVATIONS`) on ``x``, as ``torch.nn`` computes it."""
+    if isinstance(spec, ReLU):
+        return jax.nn.relu(x)
+    if isinstance(spec, Sigmoid):
+        return jax.nn.sigmoid(x)
+    if isinstance(spec, Tanh):
+        return jnp.tanh(x)
+    if isinstance(spec, LeakyReLU):
+        return jnp.where(x > 0, x, x * spec.negative_slope)
+    if isinstance(spec, GELU):
+        return jax.nn.gelu(x, approximate=spec.approximate == "tanh")
+    if isinstance(spec, ELU):
+        negative = jnp.where(x > 0, jnp.zeros_like(x), x)   # expm1 of x <= 0 only (no overflow); gradient 1 there
+        return jnp.where(x > 0, x, spec.alpha * jnp.expm1(negative))
+    if isinstance(spec, SiLU):
+        return jax.nn.silu(x)
+    if isinstance(spec, Softmax):
+        return jax.nn.softmax(x, axis=softmax_axis(spec.dim, x.ndim))
+    raise TypeError(f"not an activation layer: {spec!r}")
 
 
 def dropout(x: jax.Array, rate: float, rng: jax.Array | None, train: bool) -> jax.Array:

@@ -118,6 +118,13 @@ class Model:
     def accepts_flat_input(self) -> bool:
         return bool(self.layers) and isinstance(self.layers[0][1], layers.Linear)
 
+    @property
+    def reads_rows(self) -> bool:
+        """Whether it starts with a recurrent layer on ``(T, features)`` sequences, so also
+        takes one-channel images ``(B, T, features, 1)`` as sequences of rows."""
+        return (self.sequence is not None and isinstance(self.sequence[0][1], layers.Recurrent.__args__)
+                and len(self.input_shape) == 2)
+
     def check_images(self, x, argument: str = "images") -> None:
         """Raises a clear error for a batch this model cannot take (works on tracers)."""
         shape = getattr(x, "shape", None)
@@ -132,6 +139,8 @@ class Model:
         if len(shape) >= 1 and tuple(shape[1:]) == self.input_shape:
             return
         if self.accepts_flat_input and len(shape) == 2 and tuple(shape[1:]) == flat:
+            return
+        if self.reads_rows and len(shape) == 4 and tuple(shape[1:]) == (*self.input_shape, 1):
             return
         expected = f"(B, {', '.join(map(str, self.input_shape))})"
         if self.accepts_flat_input and len(self.input_shape) > 1:
@@ -165,9 +174,10 @@ def _init_params(model: Model, key: jax.Array, dtype) -> Params:
 def sequential(*entries, input_shape: tuple[int, ...], name: str = "sequential") -> Model:
     """A net composed of funcnets' layers, as ``nn.Sequential`` composes PyTorch's.
 
-    ``entries`` are layers (`funcnets.layers.Linear`, ``Conv2d`` with stride and
-    padding, ``ReLU``, ``MaxPool2d``, ``GlobalAvgPool2d``, ``Dropout``,
-    ``Dropout2d``, ``Flatten``, ``LogSoftmax``) or ``(name, layer)`` pairs;
+    ``entries`` are layers (`funcnets.layers`: ``Linear``, ``Conv2d``,
+    ``ConvTranspose2d``, ``RNN``/``LSTM``/``GRU`` with ``batch_first=True`` and
+    ``Last``, the activations, the pools, ``Flatten``, ``Dropout``,
+    ``Dropout2d``, ``Softmax``, ``LogSoftmax``) or ``(name, layer)`` pairs;
     unnamed ones are named by their index, as ``nn.Sequential`` names them, so
     ``params["0"]`` is ``state_dict["0.weight"]``. A dotted name nests, as an
     ``nn.Sequential`` attribute does: ``"conv.0"`` is layer 0 of ``conv``. The net gets PyTorch's
@@ -177,7 +187,12 @@ def sequential(*entries, input_shape: tuple[int, ...], name: str = "sequential")
     (trained with NLL) when its last layer is ``LogSoftmax``, else in logits
     (cross-entropy). Shapes are checked when it is built: a layer that cannot
     take its input raises a ValueError naming the layer and both shapes.
-    In training, all dropout masks come from one draw of the step's key.
+    In training, all dropout masks come from one draw of the step's key. A net
+    that starts with a recurrent layer takes ``(B, T, features)`` sequences
+    (``input_shape=(T, features)``), and one-channel images ``(B, T, features, 1)``
+    as rows: a row-by-row MNIST classifier is ``sequential(("rnn", LSTM(28, 128,
+    batch_first=True)), Last(), ("fc", Linear(128, 10)), LogSoftmax(),
+    input_shape=(28, 28))``.
 
     >>> import funcnets as fn
     >>> L = fn.layers
@@ -195,9 +210,12 @@ def sequential(*entries, input_shape: tuple[int, ...], name: str = "sequential")
     for index, entry in enumerate(entries):
         layer_name, spec = entry if isinstance(entry, tuple) and len(entry) == 2 and isinstance(entry[0], str) \
             else (str(index), entry)
-        if not isinstance(spec, (layers.Linear, layers.Conv2d, *layers.Stateless.__args__)):
+        if not isinstance(spec, (*layers.WITH_PARAMS, *layers.Stateless.__args__)):
             raise TypeError(f"{name}: entry {index} is not a funcnets layer (funcnets.layers.Linear, Conv2d, "
                             f"ReLU, ...): {entry!r}")
+        if isinstance(spec, layers.Recurrent.__args__) and not spec.batch_first:
+            raise ValueError(f"{name}: layer {layer_name!r} ({type(spec).__name__}) needs batch_first=True in a "
+                             "sequential net: funcnets' batches are (B, T, features)")
         if any(layer_name == other for other, _ in named) or "" in layer_name.split("."):
             raise ValueError(f"{name}: layer name {layer_name!r} is empty, repeated or has an empty part")
         if isinstance(spec, layers.Linear) and named and isinstance(named[-1][1], layers.Flatten) \
@@ -211,15 +229,17 @@ def sequential(*entries, input_shape: tuple[int, ...], name: str = "sequential")
         except ValueError as error:
             raise ValueError(f"{name}: layer {layer_name!r} ({type(spec).__name__}) {error}") from None
         named.append((layer_name, spec))
-        if isinstance(spec, (layers.Linear, layers.Conv2d)):
+        if isinstance(spec, layers.WITH_PARAMS):
             param_layers.append((layer_name, spec))
         if isinstance(spec, (layers.Dropout, layers.Dropout2d)):
             rates.append(float(spec.p))
+        elif isinstance(spec, layers.Recurrent.__args__) and spec.num_layers > 1 and spec.dropout:
+            rates.append(float(spec.dropout))
     if len(shape) != 1:
         raise ValueError(f"{name}: the last layer gives shape {shape}; a classifier ends in (classes,) "
                          "(add a Flatten and a Linear)")
     if not param_layers:
-        raise ValueError(f"{name}: no layer with parameters (Linear or Conv2d)")
+        raise ValueError(f"{name}: no layer with parameters (Linear, Conv2d, ConvTranspose2d, RNN, LSTM or GRU)")
     _rates(name, rates, len(rates))
     outputs = "log_probs" if isinstance(named[-1][1], layers.LogSoftmax) else "logits"
     sequence = tuple(named)
@@ -248,6 +268,8 @@ def _sequential_forward(sequence, params, x, *, train, rng, dropout):
     run than a key split and a draw per layer)."""
     if x.ndim > 2 and isinstance(sequence[0][1], layers.Linear):   # images into a first Linear
         x = x.reshape(x.shape[0], -1)
+    if x.ndim == 4 and isinstance(sequence[0][1], layers.Recurrent.__args__):   # one-channel images as rows
+        x = x.reshape(x.shape[:3])
     masked = train and any(dropout)
     units = iter(_dropout_units(sequence, x, rng) if masked else ())
     rates = iter(dropout)
@@ -257,14 +279,28 @@ def _sequential_forward(sequence, params, x, *, train, rng, dropout):
                 x = layers.linear(params[layer_name], x)
             elif isinstance(spec, layers.Conv2d):
                 x = layers.conv2d(params[layer_name], x, spec.stride, spec.padding)
-            elif isinstance(spec, layers.ReLU):
-                x = jax.nn.relu(x)
-            elif isinstance(spec, layers.MaxPool2d):
-                x = layers.max_pool2d(x, spec.kernel_size)
+            elif isinstance(spec, layers.ConvTranspose2d):
+                x = layers.conv_transpose2d(params[layer_name], x, spec.stride, spec.padding, spec.output_padding)
+            elif isinstance(spec, layers.Recurrent.__args__):
+                draws = None
+                if spec.num_layers > 1 and spec.dropout:
+                    rate = next(rates)
+                    draws = [next(units) for _ in range(spec.num_layers - 1)] if masked and rate else None
+                    spec = spec._replace(dropout=rate)
+                x = layers.recurrent(spec, params[layer_name], x, dropout_units=draws)
+            elif isinstance(spec, layers.ACTIVATIONS):
+                x = layers.activation(spec, x)
+            elif isinstance(spec, layers.POOLS):
+                x = layers.pool2d(x, {layers.MaxPool2d: "max", layers.AvgPool2d: "avg",
+                                      layers.MinPool2d: "min"}[type(spec)], *layers.pool_window(spec))
+            elif isinstance(spec, layers.AdaptiveAvgPool2d):
+                x = layers.adaptive_avg_pool2d(x, spec.output_size)
             elif isinstance(spec, layers.GlobalAvgPool2d):
                 x = jnp.mean(x, axis=(1, 2), keepdims=True)
             elif isinstance(spec, layers.Flatten):
                 x = x.reshape(x.shape[0], -1)
+            elif isinstance(spec, layers.Last):
+                x = x[:, -1]
             elif isinstance(spec, (layers.Dropout, layers.Dropout2d)):
                 rate = next(rates)
                 if masked:
@@ -286,6 +322,8 @@ def _dropout_units(sequence, x, rng) -> list[jax.Array]:
             sizes.append(x.shape[0] * math.prod(shape))
         elif isinstance(spec, layers.Dropout2d):
             sizes.append(x.shape[0] * shape[-1])
+        elif isinstance(spec, layers.Recurrent.__args__):
+            sizes.extend(layers.recurrent_dropout_sizes(spec, x.shape[0], shape[0]))
         shape = layers.output_shape(spec, shape) if not isinstance(spec, layers.Linear) or len(shape) == 1 \
             else (spec.out_features,)
     with jax.named_scope("dropout_draws"):

@@ -17,7 +17,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from funcnets import interop, optim
+from funcnets import interop, layers, optim
 from funcnets.models import Model
 from funcnets.training import create_train_state, train_step
 
@@ -66,7 +66,7 @@ def numpy_init(model: Model, seed: int, dtype=np.float32) -> dict[str, np.ndarra
     state_dict = {}
     for name, spec in model.layers:
         bound = 1.0 / np.sqrt(spec.fan_in)
-        for suffix, shape in (("weight", spec.torch_weight_shape), ("bias", spec.torch_weight_shape[:1])):
+        for suffix, (_, shape) in layers.torch_params(spec).items():
             state_dict[f"{name}.{suffix}"] = rng.uniform(-bound, bound, shape).astype(dtype)
     return state_dict
 

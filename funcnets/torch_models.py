@@ -174,6 +174,41 @@ def _sequential_module(entries) -> nn.Sequential:
     return nn.Sequential(children)
 
 
+class MinPool2d(nn.Module):
+    """Min-pooling, which ``torch.nn`` has no layer for, as PyTorch users write it:
+    ``-F.max_pool2d(-x, kernel_size, stride, padding)`` (twin of `funcnets.layers.MinPool2d`)."""
+
+    def __init__(self, kernel_size: int, stride: int | None = None, padding: int = 0):
+        super().__init__()
+        self.kernel_size, self.stride, self.padding = kernel_size, stride, padding
+
+    def forward(self, x):
+        return -F.max_pool2d(-x, self.kernel_size, self.stride, self.padding)
+
+
+class Last(nn.Module):
+    """``x[:, -1]``: the last step of a batch-first sequence (twin of `funcnets.layers.Last`)."""
+
+    def forward(self, x):
+        return x[:, -1]
+
+
+def _output_only(base):
+    """``base`` (``nn.RNN``/``nn.LSTM``/``nn.GRU``) giving only its first output, the
+    sequence of hidden states, so that it composes in an ``nn.Sequential``; its
+    ``state_dict`` names are ``base``'s."""
+
+    class OutputOnly(base):
+        def forward(self, x):
+            return super().forward(x)[0]
+
+    OutputOnly.__name__ = OutputOnly.__qualname__ = f"{base.__name__}Output"
+    return OutputOnly
+
+
+RNNOutput, LSTMOutput, GRUOutput = _output_only(nn.RNN), _output_only(nn.LSTM), _output_only(nn.GRU)
+
+
 def _module(spec) -> nn.Module:
     """The ``torch.nn`` module of one `funcnets.layers` spec."""
     from funcnets import layers
@@ -182,16 +217,23 @@ def _module(spec) -> nn.Module:
         return nn.Linear(spec.in_features, spec.out_features)
     if isinstance(spec, layers.Conv2d):
         return nn.Conv2d(spec.in_channels, spec.out_channels, spec.kernel_size, spec.stride, spec.padding)
-    simple = {layers.ReLU: nn.ReLU, layers.Flatten: nn.Flatten, layers.GlobalAvgPool2d: lambda: nn.AdaptiveAvgPool2d(1),
-              layers.LogSoftmax: lambda: nn.LogSoftmax(dim=1)}
+    if isinstance(spec, layers.ConvTranspose2d):
+        return nn.ConvTranspose2d(spec.in_channels, spec.out_channels, spec.kernel_size, spec.stride, spec.padding,
+                                  spec.output_padding)
+    recurrent = {layers.RNN: RNNOutput, layers.LSTM: LSTMOutput, layers.GRU: GRUOutput}
+    if type(spec) in recurrent:
+        return recurrent[type(spec)](**spec._asdict())
+    simple = {layers.ReLU: nn.ReLU, layers.Sigmoid: nn.Sigmoid, layers.Tanh: nn.Tanh, layers.SiLU: nn.SiLU,
+              layers.Flatten: nn.Flatten, layers.GlobalAvgPool2d: lambda: nn.AdaptiveAvgPool2d(1),
+              layers.LogSoftmax: lambda: nn.LogSoftmax(dim=1), layers.Last: Last}
     if type(spec) in simple:
         return simple[type(spec)]()
-    if isinstance(spec, layers.MaxPool2d):
-        return nn.MaxPool2d(spec.kernel_size)
-    if isinstance(spec, layers.Dropout):
-        return nn.Dropout(spec.p)
-    if isinstance(spec, layers.Dropout2d):
-        return nn.Dropout2d(spec.p)
+    with_arguments = {layers.LeakyReLU: nn.LeakyReLU, layers.GELU: nn.GELU, layers.ELU: nn.ELU,
+                      layers.Softmax: nn.Softmax, layers.MaxPool2d: nn.MaxPool2d, layers.AvgPool2d: nn.AvgPool2d,
+                      layers.MinPool2d: MinPool2d, layers.AdaptiveAvgPool2d: nn.AdaptiveAvgPool2d,
+                      layers.Dropout: nn.Dropout, layers.Dropout2d: nn.Dropout2d}
+    if type(spec) in with_arguments:
+        return with_arguments[type(spec)](*spec)
     raise TypeError(f"no torch.nn module for {spec!r}")
 
 

@@ -204,7 +204,7 @@ def _objective(state: TrainState, loss_fn):
 def _has_conv(model: Model) -> bool:
     """Whether ``model`` convolves: a Conv2d layer, or (a model of one's own) a 4-D kernel."""
     if model.layers:
-        return any(isinstance(spec, layers.Conv2d) for _, spec in model.layers)
+        return any(isinstance(spec, (layers.Conv2d, layers.ConvTranspose2d)) for _, spec in model.layers)
     return any(len(leaf.shape) == 4 for leaf in jax.tree.leaves(model.param_shapes()))
 
 
