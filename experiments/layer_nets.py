@@ -1,8 +1,9 @@
-"""Nets built of the layers "Mastering PyTorch" ch. 1 names, on MNIST: funcnets against
+"""Nets built of the layers "Mastering PyTorch" ch. 1 names, on real data: funcnets against
 PyTorch from one init (PyTorch's, ported), on the same batches in the same order.
 
     python -m experiments.layer_nets lenet5 --data-dir ../shared/data/mnist
     python -m experiments.layer_nets row_lstm --data-dir ../shared/data/mnist --epochs 2
+    python -m experiments.layer_nets cifar_bn --data-dir ../shared/data/cifar10-jpeg
 
 - ``lenet5``: LeNet-5 as PyTorch users write it for 28x28 MNIST: conv 1-6 5x5
   (padding 2), Tanh, AvgPool2d(2), conv 6-16 5x5, Tanh, AvgPool2d(2), fc
@@ -10,6 +11,8 @@ PyTorch from one init (PyTorch's, ported), on the same batches in the same order
 - ``row_lstm``: each image read row by row (28 steps of 28 pixels) by an
   LSTM(28, 128, batch_first=True), its last step into fc 128-10 and
   log-softmax; NLL; Adam lr 1e-3, batch 64.
+- ``cifar_bn``: the CIFAR tutorial's ``Net`` with a ``BatchNorm2d`` after each
+  conv; cross-entropy; Adam lr 1e-3, batch 16 (the tutorial's), on CIFAR-10.
 
 funcnets trains with `funcnets.fit` (uint8 images normalised in the step); PyTorch
 with the tutorial's loop (``zero_grad/backward/step``) over the batches
@@ -48,9 +51,22 @@ def row_lstm() -> fn.models.Model:
                                 L.LogSoftmax(), input_shape=(28, 28), name="row_lstm")
 
 
-NETS = {  # name: (model, optimizer, batch size, epochs)
-    "lenet5": (lenet5, OptimizerSpec("sgd", {"lr": 0.05, "momentum": 0.9}), 64, 2),
-    "row_lstm": (row_lstm, OptimizerSpec("adam", {"lr": 1e-3}), 64, 2),
+def cifar_bn() -> fn.models.Model:
+    """The CIFAR tutorial's ``Net`` (`funcnets.models.cifar_cnn`) with a ``BatchNorm2d`` after
+    each of its four convs."""
+    return fn.models.sequential(
+        ("conv.0", L.Conv2d(3, 64, 3)), ("conv.1", L.BatchNorm2d(64)), ("conv.2", L.ReLU()),
+        ("conv.3", L.Conv2d(64, 128, 3)), ("conv.4", L.BatchNorm2d(128)), ("conv.5", L.ReLU()),
+        ("conv.6", L.Conv2d(128, 128, 3)), ("conv.7", L.BatchNorm2d(128)), ("conv.8", L.ReLU()),
+        ("conv.9", L.Conv2d(128, 64, 3)), ("conv.10", L.BatchNorm2d(64)), ("conv.11", L.AdaptiveAvgPool2d(1)),
+        L.Flatten(), ("fc.0", L.Linear(64, 32)), ("fc.1", L.ReLU()), ("fc.2", L.Dropout(0.5)),
+        ("fc.3", L.Linear(32, 10)), input_shape=(32, 32, 3), name="cifar_bn")
+
+
+NETS = {  # name: (model, optimizer, batch size, epochs, dataset)
+    "lenet5": (lenet5, OptimizerSpec("sgd", {"lr": 0.05, "momentum": 0.9}), 64, 2, "mnist"),
+    "row_lstm": (row_lstm, OptimizerSpec("adam", {"lr": 1e-3}), 64, 2, "mnist"),
+    "cifar_bn": (cifar_bn, OptimizerSpec("adam", {"lr": 1e-3}), 16, 2, "cifar10"),
 }
 
 
@@ -99,7 +115,7 @@ def torch_run(model, spec: OptimizerSpec, init: dict, train, test, orders, batch
 def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("net", choices=sorted(NETS))
-    p.add_argument("--data-dir", required=True, help="the MNIST IDX files")
+    p.add_argument("--data-dir", required=True, help="the MNIST IDX files (CIFAR-10's folder for cifar_bn)")
     p.add_argument("--epochs", type=int, default=None)
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--train-examples", type=int, default=None, help="the first N training images (a quick check)")
@@ -107,11 +123,11 @@ def main(argv: list[str] | None = None) -> dict:
     args = p.parse_args(argv)
     import torch
 
-    build, spec, batch_size, epochs = NETS[args.net]
+    build, spec, batch_size, epochs, dataset = NETS[args.net]
     epochs = args.epochs or epochs
     model = build()
-    train_split = fn.data.load("mnist", "train", data_dir=args.data_dir, download=False)
-    test_split = fn.data.load("mnist", "test", data_dir=args.data_dir, download=False)
+    train_split = fn.data.load(dataset, "train", data_dir=args.data_dir, download=False)
+    test_split = fn.data.load(dataset, "test", data_dir=args.data_dir, download=False)
     normalize = fn.data.Normalize.of(train_split.info)
     n = args.train_examples or len(train_split.labels)
     train = (train_split.images[:n], train_split.labels[:n])

@@ -5,7 +5,8 @@
 >>> state, progress = ckpt.restore_latest(state)                                    # doctest: +SKIP
 
 A checkpoint holds the train state's arrays (``step``, ``params``,
-``opt_state``, the dropout key as key data) and, as JSON, the `Progress`
+``opt_state``, the dropout key as key data, and the model state of a net that
+keeps one, such as batch norm's running statistics) and, as JSON, the `Progress`
 (epoch, batches done in it), the run's config, and a fingerprint of the model
 and optimizer state so that a checkpoint of another model or optimizer is
 refused. Saves are asynchronous; `Checkpointer.close` (or leaving its ``with``
@@ -186,18 +187,27 @@ def default_directory(run_name: str) -> pathlib.Path:
 
 
 def fingerprint(state: TrainState) -> dict[str, Any]:
-    """What a checkpoint must match: model name, parameter shapes and dtypes, and the
-    optimizer state's structure (its NamedTuple types name the optimizer's parts)."""
-    return {
+    """What a checkpoint must match: model name, parameter shapes and dtypes, the
+    optimizer state's structure (its NamedTuple types name the optimizer's parts),
+    and the model state's shapes and dtypes when the net has one."""
+    described = {
         "model": state.model.name,
         "params": jax.tree.map(lambda a: f"{a.dtype}{list(a.shape)}", state.params),
         "opt_state": str(jax.tree.structure(state.opt_state)),
     }
+    if state.model_state:
+        described["model_state"] = jax.tree.map(lambda a: f"{a.dtype}{list(a.shape)}", state.model_state)
+    return described
 
 
 def _arrays(state: TrainState) -> dict[str, Any]:
-    return {"step": state.step, "params": state.params, "opt_state": state.opt_state,
-            "rng": jax.random.key_data(state.rng)}
+    """What a checkpoint holds of ``state``: the model state only for a net that has one
+    (so that checkpoints of nets without it keep their layout)."""
+    arrays = {"step": state.step, "params": state.params, "opt_state": state.opt_state,
+              "rng": jax.random.key_data(state.rng)}
+    if state.model_state:
+        arrays["model_state"] = state.model_state
+    return arrays
 
 
 @jax.jit
@@ -381,7 +391,8 @@ class Checkpointer:
                 continue
             if meta.get("fingerprint") != expected:
                 saved = meta.get("fingerprint", {})
-                differs = [part for part in ("model", "params", "opt_state") if saved.get(part) != expected[part]]
+                differs = [part for part in ("model", "params", "opt_state", "model_state")
+                           if saved.get(part) != expected.get(part)]
                 shapes = ""
                 if "params" in differs and saved.get("model") == expected["model"]:
                     shapes = (f" (the same net with other layer shapes: saved {saved.get('params')}, "
@@ -402,7 +413,8 @@ class Checkpointer:
             self._last_saved_time = time.monotonic()
             restored = state.replace(
                 step=arrays["step"], params=arrays["params"], opt_state=arrays["opt_state"],
-                rng=jax.random.wrap_key_data(arrays["rng"], impl=jax.random.key_impl(state.rng)))
+                rng=jax.random.wrap_key_data(arrays["rng"], impl=jax.random.key_impl(state.rng)),
+                model_state=arrays.get("model_state", state.model_state))
             return restored, Progress(*meta["progress"])
         return None
 

@@ -24,7 +24,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from funcnets import layers
-from funcnets.models import Model, Params
+from funcnets.models import Model, ModelState, Params, Variables
 
 
 def _to_numpy(value: Any) -> np.ndarray:
@@ -34,17 +34,24 @@ def _to_numpy(value: Any) -> np.ndarray:
 
 
 def torch_shapes(model: Model) -> dict[str, tuple[int, ...]]:
-    """PyTorch's ``state_dict`` keys and shapes for ``model``, in PyTorch's order."""
+    """PyTorch's ``state_dict`` keys and shapes for ``model``, in PyTorch's order
+    (buffers included: batch norm's running statistics)."""
     return {key: shape for key, (_, _, _, shape) in _entries(model).items()}
 
 
 def _entries(model: Model) -> dict[str, tuple[str, str, Any, tuple[int, ...]]]:
-    """``state_dict`` key -> (layer name, funcnets param name, layer spec, PyTorch shape)."""
+    """``state_dict`` key -> (layer name, funcnets name, layer spec or ``"state"`` for a
+    buffer, PyTorch shape), in PyTorch's order (a layer's params, then its buffers)."""
     if not model.layers:
         raise ValueError(f"{model.name} is a model of one's own (funcnets.models.from_flax/from_functions): "
                          "funcnets does not know its PyTorch layers, so it cannot map a state_dict to it")
-    return {f"{name}.{suffix}": (name, param, spec, shape)
-            for name, spec in model.layers for suffix, (param, shape) in layers.torch_params(spec).items()}
+    entries = {}
+    for name, spec in model.layers:
+        for suffix, (param, shape) in layers.torch_params(spec).items():
+            entries[f"{name}.{suffix}"] = (name, param, spec, shape)
+        for buffer, (shape, _) in layers.state_shapes(spec).items():
+            entries[f"{name}.{buffer}"] = (name, buffer, "state", shape)
+    return entries
 
 
 def params_from_torch(model: Model, state_dict: Mapping[str, Any]) -> Params:
@@ -52,7 +59,9 @@ def params_from_torch(model: Model, state_dict: Mapping[str, Any]) -> Params:
 
     The dtype is kept (a ``model.double()`` state dict gives float64 params
     when ``jax_enable_x64`` is on). Missing, unexpected or misshapen entries
-    raise a ``ValueError`` naming them.
+    raise a ``ValueError`` naming them. For a net with model state the buffers
+    are read too, and the result is a `funcnets.models.Variables` (params and
+    state), which ``create_train_state(..., params=)`` takes whole.
     """
     entries = _entries(model)
     missing = [k for k in entries if k not in state_dict]
@@ -66,25 +75,48 @@ def params_from_torch(model: Model, state_dict: Mapping[str, Any]) -> Params:
         raise ValueError(f"state_dict shapes do not match {model.name}: got {wrong}, "
                          f"expected {({k: entries[k][3] for k in wrong})}")
     params: Params = {name: {} for name, _ in model.layers}
+    state: ModelState = {}
     for key, (name, param, spec, _) in entries.items():
-        params[name][param] = jnp.asarray(layers.param_from_torch(spec, param, arrays[key]))
-    return params
+        if spec == "state":   # a buffer; num_batches_tracked as int32 (PyTorch's is int64)
+            value = arrays[key].astype(np.int32) if param == "num_batches_tracked" else arrays[key]
+            state.setdefault(name, {})[param] = jnp.asarray(value)
+        else:
+            params[name][param] = jnp.asarray(layers.param_from_torch(spec, param, arrays[key]))
+    return Variables(params, state) if model.has_state else params
 
 
-def params_to_numpy_state_dict(model: Model, params: Params) -> OrderedDict[str, np.ndarray]:
-    """PyTorch's ``state_dict`` layout, as NumPy arrays (no torch needed)."""
+def params_to_numpy_state_dict(model: Model, params: Params | Variables) -> OrderedDict[str, np.ndarray]:
+    """PyTorch's ``state_dict`` layout, as NumPy arrays (no torch needed); for a net with
+    model state, ``params`` is a `funcnets.models.Variables` (or a train state)."""
     entries = _entries(model)   # a clear error for a model without PyTorch layers
-    params = jax.device_get(params)
+    params, state = _params_and_state(model, params)
+    params, state = jax.device_get((params, state))
     state_dict = OrderedDict()
     for key, (name, param, spec, _) in entries.items():
+        if spec == "state":
+            value = np.asarray(state[name][param])
+            state_dict[key] = value.astype(np.int64) if param == "num_batches_tracked" else value
+            continue
         if name not in params:
             raise ValueError(f"params have no entry {name!r} for {model.name}; got {sorted(params)}")
         state_dict[key] = np.ascontiguousarray(layers.param_to_torch(spec, param, np.asarray(params[name][param])))
     return state_dict
 
 
-def params_to_torch(model: Model, params: Params) -> OrderedDict[str, Any]:
-    """A PyTorch ``state_dict`` (torch tensors) that ``load_state_dict`` takes."""
+def _params_and_state(model: Model, given) -> tuple[Params, ModelState]:
+    if hasattr(given, "model_state") and hasattr(given, "params"):   # a funcnets TrainState
+        return given.params, given.model_state
+    if isinstance(given, Variables):
+        return given.params, given.state
+    if model.has_state:
+        raise ValueError(f"{model.name} keeps model state (batch norm's running statistics), which a PyTorch "
+                         "state_dict holds too: pass funcnets.models.Variables(params, state) or the train state")
+    return given, {}
+
+
+def params_to_torch(model: Model, params: Params | Variables) -> OrderedDict[str, Any]:
+    """A PyTorch ``state_dict`` (torch tensors) that ``load_state_dict`` takes: params
+    alone, or for a net with model state a `funcnets.models.Variables` or the train state."""
     import torch
 
     return OrderedDict((k, torch.from_numpy(v.copy()))

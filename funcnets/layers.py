@@ -37,6 +37,12 @@ activations (`ReLU`, `Sigmoid`, `Tanh`, `LeakyReLU`, `GELU`, `ELU`, `SiLU`,
 `Softmax`, `LogSoftmax`), the pools (`MaxPool2d`, `AvgPool2d`, `MinPool2d`,
 `AdaptiveAvgPool2d`, `GlobalAvgPool2d`), `Flatten`, `Dropout`, `Dropout2d`,
 and `Last` (the last step of a sequence).
+
+The norms (`BatchNorm1d`, `BatchNorm2d`, `LayerNorm`, `GroupNorm`) start as
+PyTorch's do (``weight`` ones, ``bias`` zeros, no random draws). A batch norm
+that tracks running statistics keeps them as model state (`state_shapes`,
+`init_state`; PyTorch's buffers ``running_mean``, ``running_var``,
+``num_batches_tracked``), which `batch_norm` updates in training.
 """
 
 from __future__ import annotations
@@ -60,14 +66,22 @@ def param_count(spec: Layer) -> int:
     return sum(math.prod(shape) for shape in spec.param_shapes.values())
 
 
+def draw_count(spec: Layer) -> int:
+    """How many ``U[0, 1)`` draws ``spec``'s init takes: its `param_count`, but none for the
+    norms, whose params start as ones (``weight``) and zeros (``bias``), as PyTorch's."""
+    return 0 if isinstance(spec, NORMS) else param_count(spec)
+
+
 def init_from_unit(spec: Layer, unit: jax.Array) -> LayerParams:
     """PyTorch's default init of ``spec`` from ``param_count(spec)`` draws of
     ``U[0, 1)`` (``unit``, 1-D): each param, in `param_shapes` order (kernel,
     then bias), takes the next ``prod(shape)`` draws ``u`` as ``max(-b, 2b*u - b)``
     with ``b = 1/sqrt(fan_in)``, the map of ``jax.random.uniform(minval=-b,
     maxval=b)``."""
-    bound = 1.0 / math.sqrt(spec.fan_in)
     shapes = spec.param_shapes
+    if isinstance(spec, NORMS):
+        return {name: (jnp.ones if name == "weight" else jnp.zeros)(shape, unit.dtype) for name, shape in shapes.items()}
+    bound = 1.0 / math.sqrt(spec.fan_in)
     pieces = split_sizes(unit, [math.prod(shape) for shape in shapes.values()])
     return {name: jnp.maximum(-bound, piece * (2 * bound) - bound).reshape(shape)
             for (name, shape), piece in zip(shapes.items(), pieces)}
@@ -298,14 +312,108 @@ class GRU(NamedTuple):
 
 
 Recurrent = RNN | LSTM | GRU
-Layer = Linear | Conv2d | ConvTranspose2d | RNN | LSTM | GRU
-WITH_PARAMS = (Linear, Conv2d, ConvTranspose2d, RNN, LSTM, GRU)
+class BatchNorm2d(NamedTuple):
+    """``nn.BatchNorm2d(num_features, eps=1e-5, momentum=0.1, affine=True,
+    track_running_stats=True)`` on NHWC maps: `batch_norm` over the batch and both
+    spatial axes, per channel.
+
+    Params ``weight`` (ones) and ``bias`` (zeros) when ``affine``; model state
+    (`funcnets.models.Model.init_state`) ``running_mean`` (zeros),
+    ``running_var`` (ones) and ``num_batches_tracked`` (0) when
+    ``track_running_stats``: PyTorch's ``state_dict`` names and starting values.
+    """
+
+    num_features: int
+    eps: float = 1e-5
+    momentum: float | None = 0.1
+    affine: bool = True
+    track_running_stats: bool = True
+
+
+class BatchNorm1d(NamedTuple):
+    """``nn.BatchNorm1d(num_features, eps=1e-5, momentum=0.1, affine=True,
+    track_running_stats=True)`` on ``(B, num_features)``: `batch_norm` over the batch;
+    params and state as `BatchNorm2d`'s."""
+
+    num_features: int
+    eps: float = 1e-5
+    momentum: float | None = 0.1
+    affine: bool = True
+    track_running_stats: bool = True
+
+
+class LayerNorm(NamedTuple):
+    """``nn.LayerNorm(normalized_shape, eps=1e-5, elementwise_affine=True, bias=True)``
+    over the trailing ``normalized_shape`` axes of a vector or sequence (``(F,)`` or
+    ``(T, F)`` per example): ``(x - mean) / sqrt(var + eps) * weight + bias``, the
+    biased variance, no state. On an NHWC map PyTorch's trailing axes are
+    ``(C, H, W)``: use ``GroupNorm(1, C)`` there (the same statistics)."""
+
+    normalized_shape: int | tuple[int, ...]
+    eps: float = 1e-5
+    elementwise_affine: bool = True
+    bias: bool = True
+
+
+class GroupNorm(NamedTuple):
+    """``nn.GroupNorm(num_groups, num_channels, eps=1e-5, affine=True)``: the channels in
+    ``num_groups`` consecutive groups, each example's group normalised over its
+    channels and positions (biased variance), then per-channel ``weight``, ``bias``;
+    no state."""
+
+    num_groups: int
+    num_channels: int
+    eps: float = 1e-5
+    affine: bool = True
+
+
+def _norm_param_shapes(spec) -> dict[str, tuple[int, ...]]:
+    if isinstance(spec, LayerNorm):
+        shape = _normalized_shape(spec)
+        if not spec.elementwise_affine:
+            return {}
+        return {"weight": shape, "bias": shape} if spec.bias else {"weight": shape}
+    channels = spec.num_channels if isinstance(spec, GroupNorm) else spec.num_features
+    return {"weight": (channels,), "bias": (channels,)} if spec.affine else {}
+
+
+def _normalized_shape(spec: LayerNorm) -> tuple[int, ...]:
+    shape = spec.normalized_shape
+    return (shape,) if isinstance(shape, int) else tuple(shape)
+
+
+for _norm in (BatchNorm1d, BatchNorm2d, LayerNorm, GroupNorm):
+    _norm.param_shapes = property(_norm_param_shapes)
+    _norm.fan_in = 1   # unused: the norms' init is constant (`draw_count`)
+NORMS = (BatchNorm1d, BatchNorm2d, LayerNorm, GroupNorm)
+BATCH_NORMS = (BatchNorm1d, BatchNorm2d)
+
+
+def state_shapes(spec) -> dict[str, tuple[tuple[int, ...], str]]:
+    """The model state ``spec`` keeps: name -> (shape, ``"float"`` or ``"int"``); PyTorch's
+    buffers of a batch norm that tracks running statistics, else nothing."""
+    if isinstance(spec, BATCH_NORMS) and spec.track_running_stats:
+        return {"running_mean": ((spec.num_features,), "float"), "running_var": ((spec.num_features,), "float"),
+                "num_batches_tracked": ((), "int")}
+    return {}
+
+
+def init_state(spec, dtype=jnp.float32) -> LayerParams:
+    """``spec``'s model state as PyTorch's ``reset_running_stats`` leaves it: mean 0,
+    variance 1, ``num_batches_tracked`` 0 (int32; PyTorch's is int64)."""
+    fill = {"running_mean": 0.0, "running_var": 1.0, "num_batches_tracked": 0}
+    return {name: jnp.full(shape, fill[name], dtype if kind == "float" else jnp.int32)
+            for name, (shape, kind) in state_shapes(spec).items()}
+
+
+Layer = Linear | Conv2d | ConvTranspose2d | RNN | LSTM | GRU | BatchNorm1d | BatchNorm2d | LayerNorm | GroupNorm
+WITH_PARAMS = (Linear, Conv2d, ConvTranspose2d, RNN, LSTM, GRU, *NORMS)
 
 
 def torch_params(spec: Layer) -> dict[str, tuple[str, tuple[int, ...]]]:
     """``spec``'s PyTorch ``state_dict`` entries, in PyTorch's order: suffix (``"weight"``)
     -> (funcnets param name, PyTorch shape)."""
-    if isinstance(spec, (RNN, LSTM, GRU)):
+    if isinstance(spec, (RNN, LSTM, GRU, *NORMS)):
         return {name: (name, shape) for name, shape in spec.param_shapes.items()}
     return {"weight": ("kernel", spec.torch_weight_shape), "bias": ("bias", spec.param_shapes["bias"])}
 
@@ -464,6 +572,29 @@ def output_shape(spec, shape: tuple[int, ...]) -> tuple[int, ...]:
         if h < 1 or w < 1:
             raise ValueError(f"padding {spec.padding} leaves no output from an input of shape {shape}")
         return (h, w, spec.out_channels)
+    if isinstance(spec, BatchNorm2d):
+        if len(shape) != 3 or shape[-1] != spec.num_features:
+            raise ValueError(f"expects an (H, W, {spec.num_features}) map, gets shape {shape}")
+        return shape
+    if isinstance(spec, BatchNorm1d):
+        if shape != (spec.num_features,):
+            raise ValueError(f"expects ({spec.num_features},) features, gets shape {shape}"
+                             + (" (BatchNorm2d normalises maps)" if len(shape) == 3 else ""))
+        return shape
+    if isinstance(spec, LayerNorm):
+        normalized = _normalized_shape(spec)
+        if len(shape) == 3:
+            raise ValueError(f"takes vectors or sequences; on an NHWC map of shape {shape} use "
+                             f"GroupNorm(1, {shape[-1]}) (the same statistics as LayerNorm over (C, H, W))")
+        if tuple(shape[len(shape) - len(normalized):]) != normalized:
+            raise ValueError(f"normalizes trailing axes {normalized}, gets shape {shape}")
+        return shape
+    if isinstance(spec, GroupNorm):
+        if shape[-1] != spec.num_channels or len(shape) not in (1, 3):
+            raise ValueError(f"expects (H, W, {spec.num_channels}) or ({spec.num_channels},), gets shape {shape}")
+        if spec.num_channels % spec.num_groups:
+            raise ValueError(f"num_channels {spec.num_channels} must divide by num_groups {spec.num_groups}")
+        return shape
     if isinstance(spec, (RNN, LSTM, GRU)):
         _check_recurrent(spec)
         if len(shape) != 2 or shape[-1] != spec.input_size:
@@ -745,6 +876,86 @@ def recurrent_dropout_sizes(spec: Recurrent, batch: int, steps: int) -> list[int
     if spec.dropout == 0.0 or spec.num_layers == 1:
         return []
     return [batch * steps * spec.directions * spec.hidden_size] * (spec.num_layers - 1)
+
+
+def batch_norm(spec, params: LayerParams, state: LayerParams, x: jax.Array, *, train: bool
+               ) -> tuple[jax.Array, LayerParams]:
+    """``nn.BatchNorm1d/2d``: ``(y, new_state)`` for ``x`` ``(B, C)`` or NHWC ``(B, H, W, C)``.
+
+    In training, or without running statistics: the batch's per-channel mean and
+    biased variance over every axis but the channels::
+
+        y = (x - mean) / sqrt(var + eps) * weight + bias
+
+    and, tracking running statistics in training, with ``n`` values per channel::
+
+        num_batches_tracked += 1;  f = momentum, or 1 / num_batches_tracked when momentum is None
+        running_mean = (1 - f) running_mean + f mean
+        running_var  = (1 - f) running_var  + f var * n / (n - 1)     (the unbiased variance)
+
+    In evaluation, tracking: the running statistics instead. The statistics and
+    the normalisation run in at least float32 (as under ``torch.autocast``), the
+    result in ``x``'s dtype; the state keeps its dtype. Under a mesh the batch
+    axes span every device, so the statistics are the global batch's (PyTorch's
+    ``SyncBatchNorm``).
+    """
+    dtype = jnp.promote_types(x.dtype, jnp.float32)
+    xf = x.astype(dtype)
+    axes = tuple(range(x.ndim - 1))
+
+    def per_channel(v):   # (C,) -> (1, ..., 1, C), broadcast against x
+        return v.astype(dtype).reshape((1,) * (x.ndim - 1) + (-1,))
+
+    new_state = state
+    if train or not spec.track_running_stats:
+        mean = jnp.mean(xf, axis=axes, keepdims=True)
+        var = jnp.mean(jnp.square(xf - mean), axis=axes, keepdims=True)
+        if train and spec.track_running_stats:
+            count = math.prod(x.shape[:-1])
+            tracked = state["num_batches_tracked"] + 1
+            factor = (1.0 / tracked if spec.momentum is None else spec.momentum)
+            stats_dtype = state["running_mean"].dtype
+            mean_, var_ = jax.lax.stop_gradient((mean.reshape(-1), var.reshape(-1) * (count / max(count - 1, 1))))
+            new_state = {
+                "running_mean": ((1 - factor) * state["running_mean"] + factor * mean_).astype(stats_dtype),
+                "running_var": ((1 - factor) * state["running_var"] + factor * var_).astype(stats_dtype),
+                "num_batches_tracked": tracked}
+    else:
+        mean, var = per_channel(state["running_mean"]), per_channel(state["running_var"])
+    y = (xf - mean) / jnp.sqrt(var + spec.eps)
+    if spec.affine:
+        y = y * per_channel(params["weight"]) + per_channel(params["bias"])
+    return y.astype(x.dtype), new_state
+
+
+def layer_norm(spec: LayerNorm, params: LayerParams, x: jax.Array) -> jax.Array:
+    """``nn.LayerNorm``: each example normalised over its trailing ``normalized_shape``
+    axes (mean, biased variance), then ``* weight + bias`` elementwise."""
+    axes = tuple(range(x.ndim - len(_normalized_shape(spec)), x.ndim))
+    mean = jnp.mean(x, axis=axes, keepdims=True)
+    var = jnp.mean(jnp.square(x - mean), axis=axes, keepdims=True)
+    y = (x - mean) / jnp.sqrt(var + spec.eps)
+    lead = (1,) * (x.ndim - len(axes))
+    if spec.elementwise_affine:
+        y = y * params["weight"].reshape(lead + params["weight"].shape)
+        if spec.bias:
+            y = y + params["bias"].reshape(lead + params["bias"].shape)
+    return y
+
+
+def group_norm(spec: GroupNorm, params: LayerParams, x: jax.Array) -> jax.Array:
+    """``nn.GroupNorm`` on ``(B, C)`` or NHWC ``(B, H, W, C)``: channels in ``num_groups``
+    consecutive groups, each (example, group) normalised over its positions and
+    channels (biased variance), then per-channel ``weight``, ``bias``."""
+    groups = x.reshape(*x.shape[:-1], spec.num_groups, x.shape[-1] // spec.num_groups)
+    axes = tuple(range(1, groups.ndim - 2)) + (groups.ndim - 1,)
+    mean = jnp.mean(groups, axis=axes, keepdims=True)
+    var = jnp.mean(jnp.square(groups - mean), axis=axes, keepdims=True)
+    y = ((groups - mean) / jnp.sqrt(var + spec.eps)).reshape(x.shape)
+    if not spec.affine:
+        return y
+    lead = (1,) * (x.ndim - 1)
+    return y * params["weight"].reshape(lead + (-1,)) + params["bias"].reshape(lead + (-1,))
 
 
 def activation(spec, x: jax.Array) -> jax.Array:

@@ -22,7 +22,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
-from typing import Any, Callable, Literal
+from typing import Any, Callable, Literal, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -31,6 +31,15 @@ import numpy as np
 from funcnets import keys, layers
 
 Params = dict[str, dict[str, jax.Array]]
+ModelState = dict[str, dict[str, jax.Array]]   # per layer: batch norm's running statistics
+
+
+class Variables(NamedTuple):
+    """A net's params and its model state together (what a PyTorch ``state_dict`` holds
+    for a net with buffers: `funcnets.interop.params_from_torch`)."""
+
+    params: Params
+    state: ModelState
 Forward = Callable[..., jax.Array]
 
 
@@ -41,7 +50,8 @@ class Model:
     Attributes:
       name: registry name (``funcnets.models.names()``).
       layers: ``(torch_module_name, layer_spec)`` pairs, in PyTorch's order.
-      forward: ``forward(params, x, *, train, rng, dropout) -> outputs``.
+      forward: ``forward(params, state, x, *, train, rng, dropout) -> (outputs, state)``;
+        ``state`` is the model state (`init_state`; ``{}`` for a net without one).
       input_shape: one example's shape, ``(H, W, C)`` (or ``(features,)`` for
         an MLP on flat rows).
       num_classes: width of the output.
@@ -89,15 +99,43 @@ class Model:
         return _init_params(self, key, jnp.dtype(dtype))
 
     def apply(self, params: Params, x: jax.Array, *, train: bool = False,
-              rng: jax.Array | None = None) -> jax.Array:
+              rng: jax.Array | None = None, state: ModelState | None = None) -> jax.Array:
         """``(B, H, W, C)`` (or ``(B, H*W*C)`` for MLPs) ``-> (B, num_classes)``.
 
-        ``train=True`` activates dropout, drawn from ``rng``.
+        ``train=True`` activates dropout, drawn from ``rng``, and batch norm's
+        batch statistics. A net with model state (`has_state`) evaluates with
+        its running statistics, so ``train=False`` needs ``state``
+        (`apply_with_state` also returns the updated state).
         """
+        if state is None:
+            if self.has_state and not train:
+                raise ValueError(f"{self.name}: the net keeps running statistics (batch norm); evaluating "
+                                 "needs them: apply(params, x, state=train_state.model_state)")
+            state = self.init_state() if self.has_state else {}
+        return self.apply_with_state(params, state, x, train=train, rng=rng)[0]
+
+    def apply_with_state(self, params: Params, state: ModelState, x: jax.Array, *, train: bool = False,
+                         rng: jax.Array | None = None) -> tuple[jax.Array, ModelState]:
+        """``(outputs, new_state)``: `apply` with the model state (`init_state`; ``{}``
+        without one), updated in training (batch norm's running statistics) and
+        returned unchanged in evaluation."""
         self.check_images(x, "x")
         if train and self.needs_rng and rng is None:
             raise ValueError(f"{self.name}: train=True applies dropout and needs rng=<PRNG key>")
-        return self.forward(params, x, train=train, rng=rng, dropout=self.dropout)
+        return self.forward(params, state, x, train=train, rng=rng, dropout=self.dropout)
+
+    def init_state(self, dtype=jnp.float32) -> ModelState:
+        """The model state a fresh net starts with, its floats in ``dtype``: per batch-norm
+        layer (tracking running statistics) ``{"running_mean", "running_var",
+        "num_batches_tracked"}``, as PyTorch's buffers start; ``{}`` for a net without."""
+        if self.sequence is None:
+            return {}
+        return {name: layers.init_state(spec, dtype) for name, spec in self.sequence if layers.state_shapes(spec)}
+
+    @property
+    def has_state(self) -> bool:
+        """Whether the net keeps model state (running statistics) beside its params."""
+        return self.sequence is not None and any(layers.state_shapes(spec) for _, spec in self.sequence)
 
     @property
     def needs_rng(self) -> bool:
@@ -164,8 +202,9 @@ def _init_custom(model: Model, key: jax.Array, dtype):
 
 @functools.partial(jax.jit, static_argnums=(0, 2))
 def _init_params(model: Model, key: jax.Array, dtype) -> Params:
-    unit = jax.random.uniform(key, (model.param_count,), dtype)
-    pieces = layers.split_sizes(unit, [layers.param_count(spec) for _, spec in model.layers])
+    draws = [layers.draw_count(spec) for _, spec in model.layers]
+    unit = jax.random.uniform(key, (sum(draws),), dtype)
+    pieces = layers.split_sizes(unit, draws)
     return {name: layers.init_from_unit(spec, piece) for (name, spec), piece in zip(model.layers, pieces)}
 
 
@@ -176,7 +215,7 @@ def sequential(*entries, input_shape: tuple[int, ...], name: str = "sequential")
 
     ``entries`` are layers (`funcnets.layers`: ``Linear``, ``Conv2d``,
     ``ConvTranspose2d``, ``RNN``/``LSTM``/``GRU`` with ``batch_first=True`` and
-    ``Last``, the activations, the pools, ``Flatten``, ``Dropout``,
+    ``Last``, the activations, the pools, the norms, ``Flatten``, ``Dropout``,
     ``Dropout2d``, ``Softmax``, ``LogSoftmax``) or ``(name, layer)`` pairs;
     unnamed ones are named by their index, as ``nn.Sequential`` names them, so
     ``params["0"]`` is ``state_dict["0.weight"]``. A dotted name nests, as an
@@ -187,7 +226,8 @@ def sequential(*entries, input_shape: tuple[int, ...], name: str = "sequential")
     (trained with NLL) when its last layer is ``LogSoftmax``, else in logits
     (cross-entropy). Shapes are checked when it is built: a layer that cannot
     take its input raises a ValueError naming the layer and both shapes.
-    In training, all dropout masks come from one draw of the step's key. A net
+    In training, all dropout masks come from one draw of the step's key. Batch
+    norms keep model state (`Model.init_state`). A net
     that starts with a recurrent layer takes ``(B, T, features)`` sequences
     (``input_shape=(T, features)``), and one-channel images ``(B, T, features, 1)``
     as rows: a row-by-row MNIST classifier is ``sequential(("rnn", LSTM(28, 128,
@@ -255,17 +295,19 @@ class _SequentialForward:
 
     sequence: tuple[tuple[str, Any], ...]
 
-    def __call__(self, params, x, *, train, rng, dropout):
-        return _sequential_forward(self.sequence, params, x, train=train, rng=rng, dropout=dropout)
+    def __call__(self, params, state, x, *, train, rng, dropout):
+        return _sequential_forward(self.sequence, params, state, x, train=train, rng=rng, dropout=dropout)
 
 
-def _sequential_forward(sequence, params, x, *, train, rng, dropout):
+def _sequential_forward(sequence, params, state, x, *, train, rng, dropout):
     """`sequential`'s forward: each layer in turn, under a `jax.named_scope` of its
     name (so XLA's op names, in profiles and HLO dumps, say which layer an op is
     for: ``jvp(conv2)/...`` forward, ``transpose(jvp(conv2))/...`` its gradient;
     metadata only), the i-th dropout layer at rate ``dropout[i]``. In training, every mask comes from one `layers.uniform_draws`
     of ``rng``, cut in layer order (one hash for all: faster to compile and
-    run than a key split and a draw per layer)."""
+    run than a key split and a draw per layer). Returns ``(outputs, state)``,
+    the batch norms' entries of ``state`` updated in training."""
+    new_state = dict(state)
     if x.ndim > 2 and isinstance(sequence[0][1], layers.Linear):   # images into a first Linear
         x = x.reshape(x.shape[0], -1)
     if x.ndim == 4 and isinstance(sequence[0][1], layers.Recurrent.__args__):   # one-channel images as rows
@@ -309,7 +351,16 @@ def _sequential_forward(sequence, params, x, *, train, rng, dropout):
                     x = from_unit(x, rate, next(units))
             elif isinstance(spec, layers.LogSoftmax):
                 x = jax.nn.log_softmax(x, axis=-1)
-    return x
+            elif isinstance(spec, layers.BATCH_NORMS):
+                x, layer_state = layers.batch_norm(spec, params[layer_name], state.get(layer_name, {}), x,
+                                                   train=train)
+                if layer_state:
+                    new_state[layer_name] = layer_state
+            elif isinstance(spec, layers.LayerNorm):
+                x = layers.layer_norm(spec, params[layer_name], x)
+            elif isinstance(spec, layers.GroupNorm):
+                x = layers.group_norm(spec, params[layer_name], x)
+    return x, new_state
 
 
 def _dropout_units(sequence, x, rng) -> list[jax.Array]:
@@ -361,9 +412,9 @@ def from_functions(init: Callable[[jax.Array], Any], apply: Callable[..., jax.Ar
     if outputs not in ("log_probs", "logits"):
         raise ValueError(f"{name}: outputs must be 'log_probs' or 'logits', got {outputs!r}")
 
-    def forward(params, x, *, train, rng, dropout):
+    def forward(params, state, x, *, train, rng, dropout):
         del dropout
-        return apply(params, x, train=train, rng=rng if train else None)
+        return apply(params, x, train=train, rng=rng if train else None), state
 
     model = Model(name=name, layers=(), forward=forward, input_shape=input_shape, num_classes=0,
                   outputs=outputs, init_fn=init, stochastic=bool(stochastic))

@@ -66,8 +66,14 @@ def numpy_init(model: Model, seed: int, dtype=np.float32) -> dict[str, np.ndarra
     state_dict = {}
     for name, spec in model.layers:
         bound = 1.0 / np.sqrt(spec.fan_in)
-        for suffix, (_, shape) in layers.torch_params(spec).items():
-            state_dict[f"{name}.{suffix}"] = rng.uniform(-bound, bound, shape).astype(dtype)
+        for suffix, (param, shape) in layers.torch_params(spec).items():
+            if isinstance(spec, layers.NORMS):   # constant init: weight ones, bias zeros
+                state_dict[f"{name}.{suffix}"] = np.full(shape, 1.0 if param == "weight" else 0.0, dtype)
+            else:
+                state_dict[f"{name}.{suffix}"] = rng.uniform(-bound, bound, shape).astype(dtype)
+        for buffer, (shape, kind) in layers.state_shapes(spec).items():
+            start = {"running_mean": 0.0, "running_var": 1.0, "num_batches_tracked": 0}[buffer]
+            state_dict[f"{name}.{buffer}"] = np.full(shape, start, dtype if kind == "float" else np.int64)
     return state_dict
 
 
@@ -101,12 +107,14 @@ def jax_curve(model: Model, spec: OptimizerSpec, state_dict, batches) -> tuple[n
     for images, labels in batches:
         state, metrics = train_step(state, (jnp.asarray(images), jnp.asarray(labels)))
         losses.append(metrics["loss"])
-    return np.asarray(jax.device_get(losses)), dict(interop.params_to_numpy_state_dict(model, state.params))
+    return np.asarray(jax.device_get(losses)), dict(interop.params_to_numpy_state_dict(model, state))
 
 
 def torch_curve(model: Model, spec: OptimizerSpec, state_dict, batches) -> tuple[np.ndarray, dict]:
     """The same run in PyTorch (``model.double()`` when the inputs are float64),
-    dropout off (``eval()`` mode during training) so both nets see identical maths."""
+    dropout off so both nets see identical maths: ``eval()`` mode during training,
+    or for a net with batch norm (whose training mode differs) ``train()`` mode
+    with every dropout rate set to 0."""
     import torch
 
     from funcnets import torch_models
@@ -116,6 +124,13 @@ def torch_curve(model: Model, spec: OptimizerSpec, state_dict, batches) -> tuple
     net = net.double() if dtype == np.float64 else net.float()
     net.load_state_dict({k: torch.from_numpy(np.array(v)) for k, v in state_dict.items()})
     net.eval()
+    if model.has_state:
+        net.train()
+        for module in net.modules():
+            if isinstance(module, (torch.nn.Dropout, torch.nn.Dropout2d)):
+                module.p = 0.0
+            elif isinstance(module, torch.nn.RNNBase):
+                module.dropout = 0.0
     loss_of = torch_models.loss_for(model)
     optimizer, scheduler = spec.torch(net.parameters())
     losses = []

@@ -234,6 +234,10 @@ def _module(spec) -> nn.Module:
                       layers.Dropout: nn.Dropout, layers.Dropout2d: nn.Dropout2d}
     if type(spec) in with_arguments:
         return with_arguments[type(spec)](*spec)
+    norms = {layers.BatchNorm1d: nn.BatchNorm1d, layers.BatchNorm2d: nn.BatchNorm2d, layers.LayerNorm: nn.LayerNorm,
+             layers.GroupNorm: nn.GroupNorm}
+    if type(spec) in norms:
+        return norms[type(spec)](**spec._asdict())
     raise TypeError(f"no torch.nn module for {spec!r}")
 
 

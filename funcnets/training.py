@@ -30,13 +30,14 @@ import optax
 from jax.sharding import Mesh
 
 from funcnets import cpu, host_memory, keys, layers, losses, optim, parallel
-from funcnets.models import Model, Params
+from funcnets.models import Model, ModelState, Params, Variables
 
 Batch = tuple[Any, Any]
 Metrics = dict[str, jax.Array]
 
 
-@functools.partial(jax.tree_util.register_dataclass, data_fields=["step", "params", "opt_state", "rng"],
+@functools.partial(jax.tree_util.register_dataclass,
+                   data_fields=["step", "params", "opt_state", "rng", "model_state"],
                    meta_fields=["tx", "model", "compute_dtype"])
 @dataclasses.dataclass(frozen=True)
 class TrainState:
@@ -53,6 +54,9 @@ class TrainState:
     model: the `funcnets.models.Model` (static).
     compute_dtype: None (compute in the params' dtype), or the dtype of
       mixed-precision compute, e.g. ``jnp.bfloat16`` (static; see `create_train_state`).
+    model_state: what the model keeps beside its params, not trained by the
+      optimizer (batch norm's running statistics, `Model.init_state`): updated
+      by each training step, read by evaluation; ``{}`` for a net without.
     """
 
     step: jax.Array
@@ -62,6 +66,7 @@ class TrainState:
     tx: optax.GradientTransformation
     model: Model
     compute_dtype: Any = None
+    model_state: ModelState = dataclasses.field(default_factory=dict)
 
     def replace(self, **changes) -> "TrainState":
         """A copy with ``changes`` (``dataclasses.replace``)."""
@@ -76,7 +81,7 @@ class TrainState:
 
 
 def create_train_state(model: Model, tx: optax.GradientTransformation, key: jax.Array, *,
-                       params: Params | None = None, dtype=jnp.float32,
+                       params: Params | Variables | None = None, dtype=jnp.float32,
                        compute_dtype=None) -> TrainState:
     """A fresh `TrainState`: step 0, params, optimizer state, dropout key.
 
@@ -90,7 +95,10 @@ def create_train_state(model: Model, tx: optax.GradientTransformation, key: jax.
       tx: an ``optax.GradientTransformation``, e.g. ``fn.optim.sgd(lr=0.01)``.
       key: a PRNG key (``jax.random.key(seed)``).
       params: start from these instead (e.g. ported with
-        `funcnets.interop.params_from_torch`); their shapes are checked.
+        `funcnets.interop.params_from_torch`); their shapes are checked. For a
+        net with model state, a `funcnets.models.Variables` (params and state,
+        as `params_from_torch` gives for it) sets both; params alone start the
+        state afresh (`Model.init_state`).
       dtype: the params' dtype when initialised here.
       compute_dtype: mixed precision: ``jnp.bfloat16`` runs the forward and
         backward passes in bfloat16 (params and images cast on the way in, the
@@ -118,13 +126,20 @@ def create_train_state(model: Model, tx: optax.GradientTransformation, key: jax.
         compute_dtype = jnp.dtype(compute_dtype)
         if not jnp.issubdtype(compute_dtype, jnp.floating):
             raise TypeError(f"compute_dtype must be a floating dtype such as jnp.bfloat16, got {compute_dtype}")
+    model_state = None
+    if isinstance(params, Variables):
+        params, model_state = params
     if params is None:
         step, params, opt_state, dropout_key = _initial_state(model, tx, key, jnp.dtype(dtype))
     else:
         _check_params(model, params)
         step, _, opt_state, dropout_key = _initial_state(model, tx, key, None, params)
+    if model_state is None:
+        model_state = model.init_state(jax.tree.leaves(params)[0].dtype) if model.has_state else {}
+    else:
+        _check_model_state(model, model_state)
     return TrainState(step=step, params=params, opt_state=opt_state, rng=dropout_key,
-                      tx=tx, model=model, compute_dtype=compute_dtype)
+                      tx=tx, model=model, compute_dtype=compute_dtype, model_state=model_state)
 
 
 @functools.partial(jax.jit, static_argnums=(0, 1, 3))
@@ -143,6 +158,13 @@ def _check_params(model: Model, params) -> None:
     want = jax.tree.map(lambda a: a.shape, expected)
     if got != want:
         raise ValueError(f"params do not fit {model.name}: expected shapes {want}, got {got}")
+
+
+def _check_model_state(model: Model, model_state) -> None:
+    expected = jax.tree.map(lambda a: a.shape, model.init_state())
+    got = jax.tree.map(lambda a: tuple(np.shape(a)), model_state)
+    if got != expected:
+        raise ValueError(f"model state does not fit {model.name}: expected shapes {expected}, got {got}")
 
 
 def _check_batch(state: TrainState, batch, *, class_labels: bool) -> tuple[Any, Any]:
@@ -247,14 +269,24 @@ class _jit_with_options:  # noqa: N801 (used as a decorator, like jax.jit)
 
 
 def forward(state: TrainState, params: Params, images, *, train: bool = False, rng=None) -> jax.Array:
-    """``state.model.apply`` in ``state.compute_dtype`` (when set), the outputs
-    returned in the params' dtype so that the loss is computed in it."""
+    """``state.model.apply`` with the state's model state (`forward_with_state`), the outputs alone."""
+    return forward_with_state(state, params, images, train=train, rng=rng)[0]
+
+
+def forward_with_state(state: TrainState, params: Params, images, *, train: bool = False, rng=None
+                       ) -> tuple[jax.Array, ModelState]:
+    """``state.model.apply_with_state`` on ``state.model_state``, in ``state.compute_dtype``
+    (when set; the model state stays in its own dtype, as batch norm's statistics
+    stay float32 under ``torch.autocast``), the outputs returned in the params'
+    dtype so that the loss is computed in it; ``(outputs, new model state)``."""
+    model_state = state.model_state
     if state.compute_dtype is None:
-        return state.model.apply(params, images, train=train, rng=rng)
+        return state.model.apply_with_state(params, model_state, images, train=train, rng=rng)
     output_dtype = jax.tree.leaves(params)[0].dtype
     low = jax.tree.map(lambda p: p.astype(state.compute_dtype), params)
-    outputs = state.model.apply(low, images.astype(state.compute_dtype), train=train, rng=rng)
-    return outputs.astype(output_dtype)
+    outputs, model_state = state.model.apply_with_state(low, model_state, images.astype(state.compute_dtype),
+                                                        train=train, rng=rng)
+    return outputs.astype(output_dtype), model_state
 
 
 def apply_step(state: TrainState, images, labels, loss_fn: losses.LossFn | None = None
@@ -264,14 +296,14 @@ def apply_step(state: TrainState, images, labels, loss_fn: losses.LossFn | None 
     dropout_key = jax.random.fold_in(state.rng, state.step)
 
     def loss_of(params):
-        outputs = forward(state, params, images, train=True, rng=dropout_key)
+        outputs, model_state = forward_with_state(state, params, images, train=True, rng=dropout_key)
         with jax.named_scope("loss"):
-            return objective(outputs, labels), outputs
+            return objective(outputs, labels), (outputs, model_state)
 
-    (loss, outputs), grads = jax.value_and_grad(loss_of, has_aux=True)(state.params)
+    (loss, (outputs, model_state)), grads = jax.value_and_grad(loss_of, has_aux=True)(state.params)
     class_labels = labels.ndim == 1 and jnp.issubdtype(labels.dtype, jnp.integer)
     with jax.named_scope("optimizer"):  # op names say what is the update (see funcnets.models)
-        new_state = state.apply_gradients(grads=grads)
+        new_state = state.apply_gradients(grads=grads).replace(model_state=model_state)
     return new_state, _metrics(loss, outputs, labels, class_labels)
 
 

@@ -147,3 +147,26 @@ def test_the_mesh_covers_every_device_and_checks_its_axis():
     other = jax.make_mesh((8,), ("batch",))
     with pytest.raises(TypeError, match="'data' axis"):
         fn.parallel.replicate(jnp.zeros(3), other)
+
+
+def test_batch_norm_on_a_mesh_is_sync_batch_norm():
+    """The batch statistics of the global batch (PyTorch's SyncBatchNorm): 8 devices
+    train and evaluate as one, running statistics included (float64, SGD: Adam magnifies the
+    reduction-order noise of the batch sums where gradients are tiny, to 9e-11 here)."""
+    L = fn.layers
+    model = fn.models.sequential(("conv", L.Conv2d(1, 4, 3)), ("bn1", L.BatchNorm2d(4)), L.ReLU(), L.Flatten(),
+                                 ("fc1", L.Linear(4 * 26 * 26, 16)), ("bn2", L.BatchNorm1d(16)), L.ReLU(),
+                                 ("fc2", L.Linear(16, 10)), input_shape=(28, 28, 1), name="bn_net")
+    images, labels = _data(model, 3 * 16 + 5, np.float64)
+    with jax.enable_x64(True):
+        runs = {}
+        for count in (1, 8):
+            mesh = fn.parallel.data_mesh(jax.devices()[:count])
+            state, metrics = fn.train_epoch(_fresh(model, fn.optim.sgd(lr=0.01), np.float64), images, labels,
+                                            batch_size=16, rng=jax.random.key(1), mesh=mesh)
+            scores = fn.evaluate(state, images, labels, batch_size=16, mesh=mesh)
+            runs[count] = jax.device_get((state.params, state.model_state)), scores
+    assert int(runs[8][0][1]["bn1"]["num_batches_tracked"]) == 4
+    assert _max_gap(runs[1][0], runs[8][0], "batch norm 1 vs 8 devices") <= 1e-12
+    assert runs[8][1]["accuracy"] == runs[1][1]["accuracy"]
+    assert runs[8][1]["loss"] == pytest.approx(runs[1][1]["loss"], abs=1e-10)

@@ -1,7 +1,8 @@
 """A small real training run for the exact-resume test: ``python tests/resume_run.py OUT MODEL [--resume]``.
 
-Trains MODEL (a funcnets net, or ``flax_cnn``: a Flax Linen CNN with dropout) on the bundled digits with checkpoints every 4 steps under OUT/ckpt,
-metrics in OUT/metrics.jsonl, final params in OUT/params.npz. Each epoch line
+Trains MODEL (a funcnets net, ``flax_cnn``: a Flax Linen CNN with dropout, or
+``bn_mlp``: an MLP with batch norm and dropout) on the bundled digits with checkpoints every 4 steps under OUT/ckpt,
+metrics in OUT/metrics.jsonl, final params (and model state) in OUT/params.npz. Each epoch line
 sleeps a little so that a test can kill the process while it trains.
 """
 
@@ -28,6 +29,10 @@ class FlaxCNN(nn.Module):
 def model_of(name: str):
     if name == "flax_cnn":
         return fn.models.from_flax(FlaxCNN(), input_shape=(28, 28, 1), outputs="log_probs")
+    if name == "bn_mlp":   # model state: batch norm's running statistics, and dropout
+        L = fn.layers
+        return fn.models.sequential(L.Flatten(), ("fc1", L.Linear(784, 32)), ("bn1", L.BatchNorm1d(32)), L.ReLU(),
+                                    L.Dropout(0.2), ("fc2", L.Linear(32, 10)), input_shape=(28, 28, 1), name=name)
     return fn.models.get(name)
 
 
@@ -51,7 +56,7 @@ def main(out: str, model_name: str, resume: bool) -> None:
                           report=fn.loop.Report(metrics_path=f"{out}/metrics.jsonl", progress=False, log=slow_log),
                           checkpointer=ckpt)
     flat = {"/".join(str(getattr(k, "key", k)) for k in path): np.asarray(leaf)
-            for path, leaf in jax.tree_util.tree_leaves_with_path(state.params)}
+            for path, leaf in jax.tree_util.tree_leaves_with_path((state.params, state.model_state))}
     np.savez(f"{out}/params.npz", **flat)
     print("done", flush=True)
 

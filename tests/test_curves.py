@@ -36,7 +36,8 @@ def _golden(name):
     return json.loads((GOLDEN_DIR / f"{name}.json").read_text())
 
 
-SLOW_MODELS = {"cifar_cnn"}   # ~100 ms a step on 2 cores: its curves run with the slow tests (CI runs both)
+SLOW_MODELS = {"cifar_cnn", "bn_cnn", "row_lstm"}   # cifar_cnn: ~100 ms a step on 2 cores; the others keep
+# the default suite short. Their curves run with the slow tests (CI runs both)
 
 
 def _cases():
@@ -48,7 +49,7 @@ def _cases():
 
 def _run(name, case, steps):
     data = _golden(name)
-    model = fn.models.get(name)
+    model = reference_curves.model_of(name)
     spec = OptimizerSpec(case["optimizer"], case["kwargs"])
     batches = synthetic_batches(model, steps, data["batch_size"], reference_curves.BATCH_SEED)
     return model, spec, numpy_init(model, reference_curves.INIT_SEED), batches

@@ -4,7 +4,8 @@
     python -m experiments.tools.reference_curves --check          # regenerate, compare within PyTorch's noise
     python -m experiments.tools.reference_curves --check --exact  # bit for bit (the machine that wrote them)
 
-For each model and each of SGD, SGD+momentum, Adagrad, Adadelta, RMSprop and
+For each model (the tutorial nets, and `NETS`: a batch-norm CNN and a
+row-by-row LSTM) and each of SGD, SGD+momentum, Adagrad, Adadelta, RMSprop and
 Adam, PyTorch (``torch.set_num_threads(1)``, dropout off) trains from
 `funcnets.parity.numpy_init(model, seed=0)` on
 `funcnets.parity.synthetic_batches(model, steps, batch_size, seed=1)`; both
@@ -52,7 +53,7 @@ OPTIMIZERS = (
 # whose own recorded noise is larger (ulp-chaotic: a rounding-size gradient gets a sign-like
 # adaptive step) is held to its noise instead (`within_tolerance`, tests/test_curves.py).
 PER_STEP_TOLERANCE = {"mnist_mlp": 1e-5, "simple_net": 1e-5, "mnist_cnn": 5e-5, "mastering_cnn": 5e-5,
-                      "cifar_cnn": 5e-5}
+                      "cifar_cnn": 5e-5, "bn_cnn": 5e-5, "row_lstm": 5e-5}
 
 # model -> (steps recorded, batch size, steps compared one by one)
 HORIZONS = {
@@ -61,7 +62,33 @@ HORIZONS = {
     "mnist_cnn": (100, 16, 10),
     "mastering_cnn": (100, 16, 10),
     "cifar_cnn": (100, 8, 10),
+    "bn_cnn": (100, 16, 10),
+    "row_lstm": (100, 16, 10),
 }
+
+
+def _bn_cnn() -> fn.models.Model:
+    """A CNN with batch norm after its conv and its hidden fc (model state)."""
+    L = fn.layers
+    return fn.models.sequential(
+        ("conv1", L.Conv2d(1, 8, 3)), ("bn1", L.BatchNorm2d(8)), L.ReLU(), L.MaxPool2d(2), L.Flatten(),
+        ("fc1", L.Linear(8 * 13 * 13, 32)), ("bn2", L.BatchNorm1d(32)), L.ReLU(), ("fc2", L.Linear(32, 10)),
+        L.LogSoftmax(), input_shape=(28, 28, 1), name="bn_cnn")
+
+
+def _row_lstm() -> fn.models.Model:
+    """MNIST read row by row: an LSTM's last step into a linear classifier."""
+    L = fn.layers
+    return fn.models.sequential(("rnn", L.LSTM(28, 32, batch_first=True)), L.Last(), ("fc", L.Linear(32, 10)),
+                                L.LogSoftmax(), input_shape=(28, 28), name="row_lstm")
+
+
+NETS = {"bn_cnn": _bn_cnn, "row_lstm": _row_lstm}   # goldens of nets beyond the tutorials'
+
+
+def model_of(name: str) -> fn.models.Model:
+    """The net a golden is of: a tutorial net (`funcnets.models.get`), or one of `NETS`."""
+    return NETS[name]() if name in NETS else fn.models.get(name)
 
 
 def window_means(losses: np.ndarray) -> np.ndarray:
@@ -98,7 +125,7 @@ def record(model_name: str, *, with_noise: bool = True) -> dict:
     import torch
 
     steps, batch_size, per_step = HORIZONS[model_name]
-    model = fn.models.get(model_name)
+    model = model_of(model_name)
     state_dict = numpy_init(model, INIT_SEED)
     batches = synthetic_batches(model, steps, batch_size, BATCH_SEED)
     torch.set_num_threads(1)
