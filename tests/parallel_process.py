@@ -4,7 +4,8 @@ Started twice, with ``JAX_COORDINATOR_ADDRESS``, ``JAX_NUM_PROCESSES=2`` and
 ``JAX_PROCESS_ID`` set. Each process loads only its shard of the digits, trains
 `STEPS` steps of SGD on global batches of `GLOBAL_BATCH` (its own `LOCAL_BATCH`
 rows each), then runs `fit` over a mesh spanning both processes, and an epoch on
-the per-step loop path (the CNNs' path on the CPU) with `evaluate`, and writes
+the per-step loop path (the CNNs' path on the CPU) with `evaluate`, and `fit`
+of a batch-norm net (its running statistics from the global batches), and writes
 the resulting params and metrics to ``<out>/process<id>.npz``.
 """
 
@@ -23,6 +24,14 @@ FIT_EXAMPLES = 256
 
 def state_for_run():
     return fn.create_train_state(fn.models.get("mnist_mlp"), fn.optim.sgd(lr=0.01), jax.random.key(0))
+
+
+def bn_state_for_run():
+    """A net with model state: batch norm's running statistics."""
+    L = fn.layers
+    model = fn.models.sequential(L.Flatten(), ("fc1", L.Linear(784, 32)), ("bn1", L.BatchNorm1d(32)), L.ReLU(),
+                                 ("fc2", L.Linear(32, 10)), input_shape=(28, 28, 1), name="bn_mlp")
+    return fn.create_train_state(model, fn.optim.sgd(lr=0.01), jax.random.key(0))
 
 
 def local_batches(split):
@@ -67,9 +76,12 @@ def main(out: str) -> None:
         state, metrics = fn.train_step(state, fn.parallel.shard_batch(batch, mesh))
     fitted, history = fit_run(state_for_run(), mesh)
     looped, loop_losses, evaluation = loop_epoch_run(state_for_run(), mesh)
+    normed, _ = fit_run(bn_state_for_run(), mesh)
     arrays = {f"step/{name}/{k}": v for name, layer in _host(state.params).items() for k, v in layer.items()}
     arrays.update({f"fit/{name}/{k}": v for name, layer in _host(fitted.params).items() for k, v in layer.items()})
     arrays.update({f"loop/{name}/{k}": v for name, layer in _host(looped.params).items() for k, v in layer.items()})
+    arrays.update({f"bn/{name}/{k}": v for tree in (normed.params, normed.model_state)   # params, running stats
+                   for name, layer in _host(tree).items() for k, v in layer.items()})
     np.savez(f"{out}/process{info.process_id}.npz", rows=len(shard.labels), fit_loss=history[-1]["loss"],
              loop_losses=loop_losses, eval_loss=evaluation["loss"], eval_accuracy=evaluation["accuracy"], **arrays)
     fn.parallel.shutdown()

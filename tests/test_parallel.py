@@ -102,6 +102,15 @@ def test_two_processes_train_as_one_on_the_same_global_batches(tmp_path):
     assert float(results[0]["eval_accuracy"]) == evaluation["accuracy"] == float(results[1]["eval_accuracy"])
     assert float(results[0]["eval_loss"]) == pytest.approx(evaluation["loss"], abs=1e-6)
 
+    # Batch norm over two processes: the statistics of the global batch (SyncBatchNorm), as one process
+    normed, _ = parallel_process.fit_run(parallel_process.bn_state_for_run())
+    one = jax.device_get({name: {**normed.params.get(name, {}), **normed.model_state.get(name, {})}
+                          for name in {*normed.params, *normed.model_state}})
+    two = [_params(r, "bn") for r in results]
+    jax.tree.map(np.testing.assert_array_equal, two[0], two[1])
+    assert int(two[0]["bn1"]["num_batches_tracked"]) == parallel_process.FIT_EXAMPLES // parallel_process.GLOBAL_BATCH
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=0, atol=1e-6), two[0], one)
+
 
 def test_initialize_is_a_no_op_in_a_single_process(monkeypatch):
     for name in list(os.environ):
