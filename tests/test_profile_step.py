@@ -7,6 +7,7 @@ import sys
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import pytest
 
 from experiments.tools import profile_step
@@ -84,3 +85,17 @@ def test_profile_step_rejects_bad_arguments(argv, capsys):
     with pytest.raises(SystemExit):
         profile_step.main(argv)
     assert "error" in capsys.readouterr().err
+
+
+def test_the_winograd_probe_computes_the_convolution(x64):
+    """experiments.tools.winograd_probe: F(2x2,3x3) and F(4x4,3x3) equal XLA's convolution
+    in float64, on sizes that do not divide by the tile."""
+    from experiments.tools import winograd_probe
+
+    rng = np.random.default_rng(0)
+    x = jnp.asarray(rng.standard_normal((2, 9, 7, 3)))
+    kernel = jnp.asarray(rng.standard_normal((3, 3, 3, 5)))
+    expected = np.asarray(winograd_probe.xla_conv(x, kernel))
+    for form in (winograd_probe.F2, winograd_probe.F4):
+        np.testing.assert_allclose(np.asarray(winograd_probe.winograd_conv(x, kernel, form)), expected,
+                                   rtol=0, atol=1e-10)
