@@ -243,6 +243,11 @@ class Checkpointer:
         the save instead of hanging it.
       resume: `funcnets.fit` starts from the newest complete checkpoint here,
         if any (its metrics file is cut back to that step).
+      quiet_failed_saves: while the checkpointer is open, drop Orbax's absl
+        error logs and TensorStore's "Event loop is closed" reports of a failed
+        save, which the one `CheckpointWriteError` replaces (a filter on the
+        ``absl`` logger and a ``sys.unraisablehook`` that passes every other
+        record on; both put back at `close`). False leaves both alone.
 
     In a multi-process run every process calls the same methods at the same
     steps (`funcnets.fit` does); Orbax writes each process's part, process 0
@@ -257,13 +262,14 @@ class Checkpointer:
     released, so the process can exit at once. While a checkpointer is open,
     Orbax's own error logs for a failed save (absl tracebacks) and TensorStore's
     "Event loop is closed" reports are dropped in favour of that one error
-    (`_QuietFailedSaves`; everything else is logged as before).
+    (`_QuietFailedSaves`; everything else is logged as before;
+    ``quiet_failed_saves=False`` turns this off).
     """
 
     def __init__(self, directory: str | os.PathLike, *, save_every_steps: int | None = None,
                  save_every_seconds: float | None = None, save_every_epoch: bool = True,
                  max_to_keep: int = 3, config: dict | None = None, barrier_timeout_s: int | None = None,
-                 resume: bool = False):
+                 resume: bool = False, quiet_failed_saves: bool = True):
         if save_every_steps is not None and (not isinstance(save_every_steps, int) or save_every_steps < 1):
             raise ValueError(f"save_every_steps must be a positive integer or None, got {save_every_steps!r}")
         if save_every_seconds is not None and not (isinstance(save_every_seconds, (int, float))
@@ -290,7 +296,9 @@ class Checkpointer:
         options = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True, enable_async_checkpointing=True,
                                                async_options=async_options)
         self._manager = ocp.CheckpointManager(self.directory, options=options)
-        _QUIET.enter()
+        self._quiet = bool(quiet_failed_saves)
+        if self._quiet:
+            _QUIET.enter()
 
     def __enter__(self) -> Checkpointer:
         return self
@@ -452,7 +460,8 @@ class Checkpointer:
             # loops that TensorStore's pending writes still report to.
         finally:
             self._closed = True
-            _QUIET.exit()
+            if self._quiet:
+                _QUIET.exit()
 
 
 def _operation_id() -> str | None:

@@ -177,3 +177,18 @@ def test_a_failed_save_lets_the_process_exit_at_once(tmp_path, case):
     returned = float(lines[-1].split()[-1])
     assert exited - returned < 30, f"the process took {exited - returned:.0f} s to exit after the script returned"
     assert "ERROR:absl" not in run.stderr and "absl" not in run.stderr, run.stderr[-3000:]
+
+
+def test_the_quieting_is_scoped_to_open_checkpointers_and_can_be_turned_off(tmp_path):
+    import logging
+    import sys
+
+    hook, absl = sys.unraisablehook, logging.getLogger("absl")
+    with checkpoint.Checkpointer(tmp_path / "a"):
+        assert sys.unraisablehook is not hook and absl.filters
+        with checkpoint.Checkpointer(tmp_path / "b"):
+            pass
+        assert sys.unraisablehook is not hook          # still open: a
+    assert sys.unraisablehook is hook and not absl.filters
+    with checkpoint.Checkpointer(tmp_path / "c", quiet_failed_saves=False):
+        assert sys.unraisablehook is hook and not absl.filters
