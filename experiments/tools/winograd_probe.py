@@ -89,7 +89,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
                     "f2": jax.jit(lambda a, k: winograd_conv(a, k, F2), compiler_options=compiler_options()),
                     "f4": jax.jit(lambda a, k: winograd_conv(a, k, F4), compiler_options=compiler_options())}
         for m, name in ((2, "gemm2"), (4, "gemm4")):
-            tiles = BATCH * -(-(size - 2) // m) ** 2
+            tiles = BATCH * (-(-(size - 2) // m)) ** 2
             v = jnp.asarray(rng.standard_normal(((m + 2) ** 2, tiles, cin)), jnp.float32)
             u = jnp.asarray(rng.standard_normal(((m + 2) ** 2, cin, cout)), jnp.float32)
             programs[name] = (jax.jit(lambda a, b: jnp.einsum("tnc,tco->tno", a, b),
