@@ -908,8 +908,16 @@ def batch_norm(spec, params: LayerParams, state: LayerParams, x: jax.Array, *, t
 
     new_state = state
     if train or not spec.track_running_stats:
-        mean = jnp.mean(xf, axis=axes, keepdims=True)
-        var = jnp.mean(jnp.square(xf - mean), axis=axes, keepdims=True)
+        if cpu.fast_paths():   # the sums as matrix-vector products (`funcnets.cpu.batch_norm_train`)
+            ones = jnp.ones((x.shape[-1],), dtype)
+            weight = params["weight"].astype(dtype) if spec.affine else ones
+            bias = params["bias"].astype(dtype) if spec.affine else jnp.zeros_like(ones)
+            y, mean, var = cpu.batch_norm_train(xf, weight, bias, spec.eps)
+            mean, var = per_channel(mean), per_channel(var)
+        else:
+            mean = jnp.mean(xf, axis=axes, keepdims=True)
+            var = jnp.mean(jnp.square(xf - mean), axis=axes, keepdims=True)
+            y = None
         if train and spec.track_running_stats:
             count = math.prod(x.shape[:-1])
             tracked = state["num_batches_tracked"] + 1
@@ -920,6 +928,8 @@ def batch_norm(spec, params: LayerParams, state: LayerParams, x: jax.Array, *, t
                 "running_mean": ((1 - factor) * state["running_mean"] + factor * mean_).astype(stats_dtype),
                 "running_var": ((1 - factor) * state["running_var"] + factor * var_).astype(stats_dtype),
                 "num_batches_tracked": tracked}
+        if y is not None:
+            return y.astype(x.dtype), new_state
     else:
         mean, var = per_channel(state["running_mean"]), per_channel(state["running_var"])
     y = (xf - mean) / jnp.sqrt(var + spec.eps)

@@ -35,8 +35,9 @@ def bn_mlp():
 
 @pytest.mark.parametrize("options", [{}, {"momentum": None}, {"affine": False}, {"track": False},
                                      {"dropout": 0.3}])
-def test_batch_norm_trains_as_pytorch_in_float64(options, x64):
-    """Losses per step, params and running statistics after 6 steps, then the eval outputs."""
+def test_batch_norm_trains_as_pytorch_in_float64(options, x64, layer_path):
+    """Losses per step, params and running statistics after 6 steps, then the eval outputs;
+    on the CPU's fast path (`funcnets.cpu.batch_norm_train`) and XLA's plain ops."""
     model = bn_cnn(**options)
     torch.manual_seed(0)
     twin = torch_models.twin(model).double()
