@@ -158,7 +158,7 @@ print("returned at", time.monotonic(), flush=True)
 """
 
 
-@pytest.mark.parametrize("case", ["behind_the_checks", "disk_full"])
+@pytest.mark.parametrize("case", [pytest.param("behind_the_checks", marks=pytest.mark.slow), "disk_full"])
 def test_a_failed_save_lets_the_process_exit_at_once(tmp_path, case):
     """Orbax's commit threads wait 300 s for a signal a failed save never sends; the
     process must exit as soon as the script returns, with the one error and no

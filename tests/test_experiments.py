@@ -343,6 +343,7 @@ def test_bench_runs_every_contestant_and_reports_ratios():
     assert "GPU" not in table.split("\n")[0]
 
 
+@pytest.mark.slow   # 9 s of fresh processes; CI runs it with the slow tests
 def test_library_path_times_each_contestant_in_its_own_process(tmp_path):
     """The library-path benchmark itself, on 2 steps (its timings mean nothing here): each
     contestant a fresh process; funcnets' one line about host memory is reported."""

@@ -194,7 +194,8 @@ def test_the_epoch_functions_take_the_fast_path_and_say_so_once(entry):
         assert said == []
 
 
-@pytest.mark.parametrize("entry", ["train_epoch", "evaluate", "fit"])
+@pytest.mark.parametrize("entry", ["train_epoch", pytest.param("evaluate", marks=pytest.mark.slow),
+                                   pytest.param("fit", marks=pytest.mark.slow)])   # one path is enough by default
 def test_host_malloc_system_or_the_variable_leaves_malloc_alone(entry):
     result, said = _library_probe(entry, "system")
     assert result["setting"] is None and said == [] and result["log"] == [], (result, said)
