@@ -25,6 +25,7 @@ import numpy as np
 
 from funcnets import layers
 from funcnets.models import Model, ModelState, Params, Variables
+from funcnets.training import TrainState
 
 
 def _to_numpy(value: Any) -> np.ndarray:
@@ -104,7 +105,7 @@ def params_to_numpy_state_dict(model: Model, params: Params | Variables) -> Orde
 
 
 def _params_and_state(model: Model, given) -> tuple[Params, ModelState]:
-    if hasattr(given, "model_state") and hasattr(given, "params"):   # a funcnets TrainState
+    if isinstance(given, TrainState):
         return given.params, given.model_state
     if isinstance(given, Variables):
         return given.params, given.state

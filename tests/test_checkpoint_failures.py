@@ -13,7 +13,6 @@ import pathlib
 import shutil
 import subprocess
 import sys
-import time
 import uuid
 
 import jax
@@ -154,28 +153,28 @@ try:
                checkpointer=ckpt)
 except checkpoint.CheckpointWriteError as error:
     print("ERROR", error, flush=True)
-print("returned at", time.monotonic(), flush=True)
+import threading
+waiting = [t.name for t in threading.enumerate() if type(t).__name__ == "_SignalingThread" and t.is_alive()]
+print("signal waiters left", waiting, flush=True)
 """
 
 
 @pytest.mark.parametrize("case", [pytest.param("behind_the_checks", marks=pytest.mark.slow), "disk_full"])
 def test_a_failed_save_lets_the_process_exit_at_once(tmp_path, case):
-    """Orbax's commit threads wait 300 s for a signal a failed save never sends; the
-    process must exit as soon as the script returns, with the one error and no
-    absl traceback."""
+    """Orbax's commit threads wait 300 s for a signal a failed save never sends, and
+    the interpreter waits for them at exit; after the failed save none may be
+    left alive, and stderr holds no absl traceback."""
     with small_disk(tmp_path) as disk:
         if case == "disk_full" and disk is None:
             pytest.skip("cannot mount a small tmpfs here (needs root with CAP_SYS_ADMIN)")
         directory = (disk or tmp_path) / "run"
         run = subprocess.run([sys.executable, "-c", FAILING_RUN, case, str(directory)], capture_output=True,
                              text=True, timeout=240, check=False, env={**os.environ, "JAX_PLATFORMS": "cpu"})
-        exited = time.monotonic()
     assert run.returncode == 0, run.stderr[-3000:]
     lines = run.stdout.splitlines()
     assert lines[0].startswith(f"ERROR checkpoint of step {23 if case == 'behind_the_checks' else 46} "
                                f"could not be saved in {directory}"), run.stdout
-    returned = float(lines[-1].split()[-1])
-    assert exited - returned < 30, f"the process took {exited - returned:.0f} s to exit after the script returned"
+    assert lines[-1] == "signal waiters left []", run.stdout   # none for the interpreter to wait 300 s for
     assert "ERROR:absl" not in run.stderr and "absl" not in run.stderr, run.stderr[-3000:]
 
 
