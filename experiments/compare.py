@@ -31,9 +31,11 @@ import sys
 
 import numpy as np
 
-from experiments import plots, tutorial as common
+from experiments import tutorial as common
+from funcnets import plots
 from funcnets.data import DatasetNotFoundError
 from funcnets.metrics import read_metrics
+from funcnets.parity import epoch_table, step_gap
 
 EXPERIMENTS = ("mnist_mlp", "mnist_cnn", "mastering_cnn", "cifar10_cnn", "simple_net")
 COLUMNS = ("train_loss", "train_accuracy", "test_loss", "test_accuracy", "epoch_seconds",
@@ -158,33 +160,6 @@ def epochs_note(summaries: dict[str, dict]) -> list[str]:
         return []
     return [f"**PyTorch ran {torch_epochs} of the {jax_epochs} epochs** (same init and batches); its row is "
             f"after epoch {torch_epochs}, JAX's after epoch {jax_epochs}: compare epoch by epoch below.", ""]
-
-
-def epoch_table(summaries: dict[str, dict]) -> list[str]:
-    """Per epoch, each framework's mean training loss and test accuracy (eval mode)
-    side by side; a framework that ran fewer epochs leaves its cells empty."""
-    lines = ["| epoch | JAX train loss | PyTorch train loss | JAX test acc. | PyTorch test acc. |",
-             "| --- | --- | --- | --- | --- |"]
-    jax_run, torch_run = summaries["jax"], summaries["torch"]
-    for e in range(max(len(jax_run["epoch_train_loss"]), len(torch_run["epoch_train_loss"]))):
-        cells = []
-        for key, fmt in (("epoch_train_loss", "{:.4f}"), ("epoch_test_accuracy", "{:.2%}")):
-            for run in (jax_run, torch_run):
-                values = run[key]
-                cells.append(fmt.format(values[e]) if e < len(values) else "-")
-        lines.append(f"| {e + 1} | {cells[0]} | {cells[1]} | {cells[2]} | {cells[3]} |")
-    for name, run in (("JAX", jax_run), ("PyTorch", torch_run)):
-        if run["test_accuracy_dropout_on"] is not None:
-            lines.append(f"\n{name} test accuracy with dropout active (as the tutorial tested, no eval()), "
-                         f"after epoch {run['epochs']}: {100 * run['test_accuracy_dropout_on']:.2f}%")
-    return lines
-
-
-def step_gap(jax_losses: np.ndarray, torch_losses: np.ndarray) -> dict:
-    steps = min(len(jax_losses), len(torch_losses))
-    gap = jax_losses[:steps] - torch_losses[:steps]
-    return {"count": steps, "first": float(gap[0]), "max_abs": float(np.abs(gap).max()),
-            "argmax": int(np.abs(gap).argmax()) + 1, "tail_mean": float(gap[-100:].mean())}
 
 
 def train_both(tutorial, args, data, out: pathlib.Path) -> tuple[dict, dict]:

@@ -26,7 +26,8 @@ import numpy as np
 import optax
 
 import funcnets as fn
-from experiments import plots, tutorial as common
+from experiments import tutorial as common
+from funcnets import plots
 from funcnets.metrics import read_metrics
 
 # name, torch.optim arguments: the learning rates the tutorials and PyTorch's docs use for these nets

@@ -9,7 +9,9 @@ Two changes make it comparable with funcnets step by step, and no others:
 - it writes funcnets' metrics records (`funcnets.metrics.MetricsLog`), with each
   step's loss, and times the training loop apart from the test pass.
 
-The nets are `funcnets.torch_models`, the twins of the JAX models.
+The nets are `funcnets.torch_models`, the twins of the JAX models; ``train``,
+``test`` and the sampler are `funcnets.parity`'s, which `funcnets.parity.compare`
+runs for any net.
 """
 
 from __future__ import annotations
@@ -21,77 +23,14 @@ from typing import Callable
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Sampler, TensorDataset
+from torch.utils.data import DataLoader
 
 from funcnets import torch_models
 from funcnets.metrics import MetricsLog, epoch_line
-from funcnets.parity import OptimizerSpec
-
-
-class EpochOrder(Sampler):
-    """Yields epoch ``e``'s precomputed order; ``set_epoch(e)`` picks it, as
-    ``DistributedSampler.set_epoch`` does."""
-
-    def __init__(self, orders: list[np.ndarray]):
-        self.orders = orders
-        self.epoch = 0
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def __iter__(self):
-        return iter(self.orders[self.epoch].tolist())
-
-    def __len__(self) -> int:
-        return len(self.orders[self.epoch])
-
-
-def train(model, loss_fn, train_loader, optimizer, epoch, *, log_interval, record) -> dict:
-    """One epoch; returns the epoch's mean loss and accuracy and its training time."""
-    model.train()
-    start = time.perf_counter()
-    chunk_start = start
-    losses, accuracies = [], []
-    chunk_first = 0  # the first batch of the steps since the last record
-    last = len(train_loader) - 1
-    for batch_idx, (data, target) in enumerate(train_loader):
-        optimizer.zero_grad()
-        output = model(data)
-        loss = loss_fn(output, target)
-        loss.backward()
-        optimizer.step()
-        losses.append(loss.item())
-        accuracies.append((output.argmax(dim=1) == target).float().mean().item())
-        if batch_idx + 1 - chunk_first == log_interval or batch_idx == last:
-            seconds = time.perf_counter() - chunk_start
-            step = epoch * len(train_loader) + batch_idx + 1
-            record({"kind": "step", "step": step, "epoch": epoch,
-                    "loss": float(np.mean(losses[chunk_first:])), "accuracy": float(np.mean(accuracies[chunk_first:])),
-                    "lr": optimizer.param_groups[0]["lr"], "seconds": seconds, "losses": losses[chunk_first:]})
-            chunk_first = batch_idx + 1
-            chunk_start = time.perf_counter()
-    return {"loss": float(np.mean(losses)), "accuracy": float(np.mean(accuracies)),
-            "train_seconds": time.perf_counter() - start, "lr": optimizer.param_groups[0]["lr"]}
-
-
-def test(model, loss_fn, test_loader, *, dropout_on: bool = False) -> dict:
-    """Mean loss and accuracy over the test set; in ``eval()`` mode unless
-    ``dropout_on`` (as a tutorial that never calls ``net.eval()`` tests)."""
-    model.train(dropout_on)
-    test_loss, correct = 0.0, 0
-    with torch.no_grad():
-        for data, target in test_loader:
-            output = model(data)
-            test_loss += loss_fn(output, target, reduction="sum").item()
-            correct += (output.argmax(dim=1) == target).sum().item()
-    n = len(test_loader.dataset)
-    return {"test_loss": test_loss / n, "test_accuracy": correct / n}
-
-
-def _tensors(images: np.ndarray, labels: np.ndarray) -> TensorDataset:
-    """NHWC arrays -> an NCHW ``TensorDataset``, as ``ToTensor`` lays images out."""
-    return TensorDataset(torch.from_numpy(torch_models.nchw(images)),
-                         torch.from_numpy(labels.astype(np.int64)))
+from funcnets.parity import EpochOrder, OptimizerSpec
+from funcnets.parity import torch_dataset as _tensors
+from funcnets.parity import torch_test as test
+from funcnets.parity import torch_train_epoch as train
 
 
 def _save(path: pathlib.Path, payload: dict) -> None:

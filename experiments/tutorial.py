@@ -588,7 +588,7 @@ def summarize(tutorial: Tutorial, args, data: RunData, framework: str, records: 
 class _PreloadingLog:
     """``print``, which also starts ``preload()`` (once) when the first line is printed:
     the run's first epoch line, after which the main thread mostly waits on the
-    device, so a background import (matplotlib, `experiments.plots.preload`) costs
+    device, so a background import (matplotlib, `funcnets.plots.preload`) costs
     the run little; started earlier it would contend for the GIL with the data
     loading and the tracing."""
 
@@ -627,7 +627,7 @@ def companion(metrics_path: pathlib.Path, suffix: str) -> pathlib.Path:
 
 def main(tutorial: Tutorial, argv: list[str] | None = None) -> dict:
     """Parse the flags, train under ``--framework``, print and write the results; the summary."""
-    from experiments import plots
+    from funcnets import plots
 
     p = parser(tutorial)
     args = p.parse_args(argv)

@@ -6,19 +6,22 @@
 >>> int(state.step), sorted(state.params)
 (0, ['linear1', 'linear2'])
 
-Modules: `models` (the nets), `layers` (their pieces and init), `losses`,
+Modules: `models` (the nets; `bridges`: Flax and Equinox modules as models
+and back), `layers` (their pieces and init), `losses`,
 `optim` (PyTorch's optimizers on Optax), `training` (state, step, epoch),
 `loop` (`fit`), `metrics` (what a run reports), `checkpoint` (Orbax), `data`
 (with `download`: the published files, checksummed; `imagefolder`:
 class-folder trees), `interop` (PyTorch state dicts), `parallel` (devices and
 processes), `cpu` (the CPU backend's fast paths), `host_memory` (the
 process-wide malloc setting that `fit`, `train_epoch` and `evaluate` make on
-the CPU), `keys`. `torch_models` and `parity` need torch;
-importing funcnets never imports it.
+the CPU), `keys`, `parity` (funcnets and PyTorch side by side: `parity.compare`),
+`plots` (figures of metrics files, with matplotlib). `torch_models` and the runs
+of `parity` need torch; importing funcnets never imports it.
 """
 
-from funcnets import (checkpoint, cpu, data, download, host_memory, imagefolder, interop, keys, layers, loop, losses,
-                      metrics, models, optim, parallel, training)
+from funcnets import models  # first: it imports funcnets.bridges, which builds on it
+from funcnets import (bridges, checkpoint, cpu, data, download, host_memory, imagefolder, interop, keys, layers, loop,
+                      losses, metrics, models, optim, parallel, parity, plots, training)
 from funcnets.loop import NonFiniteLossError, fit
 from funcnets.training import (TrainState, create_train_state, eval_step, evaluate, make_eval_step,
                                make_train_step, train_epoch, train_step)
@@ -26,7 +29,7 @@ from funcnets.training import (TrainState, create_train_state, eval_step, evalua
 __version__ = "0.1.0"
 
 __all__ = [
-    "NonFiniteLossError", "TrainState", "checkpoint", "cpu", "create_train_state", "data", "download", "eval_step",
+    "NonFiniteLossError", "TrainState", "bridges", "checkpoint", "cpu", "create_train_state", "data", "download", "eval_step",
     "evaluate", "fit", "host_memory", "imagefolder", "interop", "keys", "layers", "loop", "losses", "make_eval_step",
-    "make_train_step", "metrics", "models", "optim", "parallel", "train_epoch", "train_step", "training",
+    "make_train_step", "metrics", "models", "optim", "parallel", "parity", "plots", "train_epoch", "train_step", "training",
 ]

@@ -11,9 +11,11 @@ is ``state_dict["fc1.weight"]`` (transposed; see `funcnets.layers` for the
 layouts and `funcnets.interop` for the conversion). Inputs are float NHWC
 batches ``(B, H, W, C)``; the MLPs also take flat ``(B, H*W*C)`` batches.
 
-Three ways to a `Model`: `sequential` composes funcnets' layers as
-``nn.Sequential`` does; `from_flax` takes a Flax Linen module; `from_functions` a
-pair of pure ``init``/``apply`` functions. The tutorial nets below are
+Four ways to a `Model`: `sequential` composes funcnets' layers as
+``nn.Sequential`` does; `from_flax` takes a Flax module (Linen or NNX) and
+`from_equinox` an Equinox module (`funcnets.bridges`; `to_flax`/`to_equinox`
+give them back trained); `from_functions` takes a pair of pure
+``init``/``apply`` functions. The tutorial nets below are
 `sequential` nets, each next to the others in a few lines.
 """
 
@@ -67,6 +69,9 @@ class Model:
       stochastic: whether ``train=True`` needs an ``rng`` (default: any dropout).
       sequence: a `sequential` net's ``(name, layer)`` entries, every layer
         (its PyTorch twin is the ``nn.Sequential`` of the same entries).
+      source: the Flax or Equinox module a model of one's own came from
+        (`funcnets.bridges`), which ``to_flax``/``to_equinox`` rebuild with
+        trained weights.
 
     Models are hashable values, so they can ride along in a jitted train
     state as static data.
@@ -83,6 +88,7 @@ class Model:
     init_fn: Callable[[jax.Array], Any] | None = None
     stochastic: bool | None = None
     sequence: tuple[tuple[str, Any], ...] | None = None
+    source: Any = None
 
     def init(self, key: jax.Array, dtype=jnp.float32) -> Params:
         """Fresh parameters from ``key``, in ``dtype``: a nested dict.
@@ -92,7 +98,9 @@ class Model:
         order (`funcnets.layers.init_from_unit`), in one jitted program per
         model and dtype (XLA:CPU compiles each random draw on its own, about
         0.4 s apiece). A model of one's own (`from_flax`, `from_functions`)
-        runs its own ``init_fn(key)``, its floating params cast to ``dtype``."""
+        runs its own ``init_fn(key)``, its floating params cast to ``dtype`` (a
+        module of Flax NNX or Equinox comes with its weights drawn, which
+        ``init_fn`` returns whatever the key: `funcnets.bridges`)."""
         keys.check_key(key, "key")
         if self.init_fn is not None:
             return _init_custom(self, key, jnp.dtype(dtype))
@@ -127,7 +135,11 @@ class Model:
     def init_state(self, dtype=jnp.float32) -> ModelState:
         """The model state a fresh net starts with, its floats in ``dtype``: per batch-norm
         layer (tracking running statistics) ``{"running_mean", "running_var",
-        "num_batches_tracked"}``, as PyTorch's buffers start; ``{}`` for a net without."""
+        "num_batches_tracked"}``, as PyTorch's buffers start; ``{}`` for a net without.
+        A model of one's own whose ``init_fn`` returns `Variables` starts from
+        their state (drawn with key 0: running statistics are not random)."""
+        if self.init_fn is not None:
+            return _init_custom_state(self, jnp.dtype(dtype)) if self.has_state else {}
         if self.sequence is None:
             return {}
         return {name: layers.init_state(spec, dtype) for name, spec in self.sequence if layers.state_shapes(spec)}
@@ -135,6 +147,8 @@ class Model:
     @property
     def has_state(self) -> bool:
         """Whether the net keeps model state (running statistics) beside its params."""
+        if self.init_fn is not None:
+            return bool(jax.tree.leaves(_custom_state_shapes(self)))
         return self.sequence is not None and any(layers.state_shapes(spec) for _, spec in self.sequence)
 
     @property
@@ -194,10 +208,25 @@ def _param_shapes(model: Model):
     return jax.eval_shape(model.init, jax.random.key(0))
 
 
+@functools.lru_cache(maxsize=64)
+def _custom_state_shapes(model: Model):
+    initial = jax.eval_shape(model.init_fn, jax.random.key(0))
+    return initial.state if isinstance(initial, Variables) else {}
+
+
+def _cast_floats(tree, dtype):
+    return jax.tree.map(lambda p: p.astype(dtype) if jnp.issubdtype(p.dtype, jnp.floating) else p, tree)
+
+
 @functools.partial(jax.jit, static_argnums=(0, 2))
 def _init_custom(model: Model, key: jax.Array, dtype):
-    params = model.init_fn(key)
-    return jax.tree.map(lambda p: p.astype(dtype) if jnp.issubdtype(p.dtype, jnp.floating) else p, params)
+    initial = model.init_fn(key)
+    return _cast_floats(initial.params if isinstance(initial, Variables) else initial, dtype)
+
+
+@functools.partial(jax.jit, static_argnums=(0, 1))
+def _init_custom_state(model: Model, dtype):
+    return _cast_floats(model.init_fn(jax.random.key(0)).state, dtype)
 
 
 @functools.partial(jax.jit, static_argnums=(0, 2))
@@ -381,20 +410,25 @@ def _dropout_units(sequence, x, rng) -> list[jax.Array]:
         return layers.split_sizes(layers.uniform_draws(rng, sum(sizes)), sizes)
 
 
-def from_functions(init: Callable[[jax.Array], Any], apply: Callable[..., jax.Array], *,
+def from_functions(init: Callable[[jax.Array], Any], apply: Callable[..., Any], *,
                    input_shape: tuple[int, ...], outputs: Literal["log_probs", "logits"],
-                   name: str = "custom", stochastic: bool = True) -> Model:
+                   name: str = "custom", stochastic: bool = True, source: Any = None) -> Model:
     """A model from a pair of pure functions, for every funcnets entry point
     (`funcnets.train_step`, `train_epoch`, `evaluate`, `fit`, checkpoints, ``mesh=``).
 
     Args:
-      init: ``init(key) -> params``, any pytree of arrays.
-      apply: ``apply(params, x, *, train, rng) -> (B, classes)``; ``rng`` is
-        the step's PRNG key when ``train`` is true (for dropout), else None.
+      init: ``init(key) -> params``, any pytree of arrays; or, for a net that
+        keeps model state beside its params (batch norm's running statistics),
+        ``init(key) -> Variables(params, state)``.
+      apply: ``apply(params, x, *, train, rng) -> (B, classes)``; with model state
+        ``apply(params, state, x, *, train, rng) -> ((B, classes), new_state)``,
+        the state updated in training and returned as given in evaluation.
+        ``rng`` is the step's PRNG key when ``train`` is true (for dropout), else None.
       input_shape: one example's shape, e.g. ``(28, 28, 1)``.
       outputs: ``"log_probs"`` (trained with NLL) or ``"logits"`` (cross-entropy).
       name: what checkpoints and errors call it.
       stochastic: whether ``train=True`` needs ``rng``.
+      source: the library module behind it (`funcnets.bridges` sets it).
 
     >>> import jax, jax.numpy as jnp, funcnets as fn
     >>> def init(key):
@@ -411,85 +445,26 @@ def from_functions(init: Callable[[jax.Array], Any], apply: Callable[..., jax.Ar
     input_shape = _input_shape(name, input_shape)
     if outputs not in ("log_probs", "logits"):
         raise ValueError(f"{name}: outputs must be 'log_probs' or 'logits', got {outputs!r}")
+    stateful = isinstance(jax.eval_shape(init, jax.random.key(0)), Variables)
 
     def forward(params, state, x, *, train, rng, dropout):
         del dropout
-        return apply(params, x, train=train, rng=rng if train else None), state
+        rng = rng if train else None
+        if stateful:
+            return apply(params, state, x, train=train, rng=rng)
+        return apply(params, x, train=train, rng=rng), state
 
     model = Model(name=name, layers=(), forward=forward, input_shape=input_shape, num_classes=0,
-                  outputs=outputs, init_fn=init, stochastic=bool(stochastic))
-    shapes = model.param_shapes()
-    out = jax.eval_shape(lambda p, x: apply(p, x, train=False, rng=None), shapes,
-                         jax.ShapeDtypeStruct((2, *input_shape), jnp.float32))
+                  outputs=outputs, init_fn=init, stochastic=bool(stochastic), source=source)
+    example = jax.ShapeDtypeStruct((2, *input_shape), jnp.float32)
+    result = jax.eval_shape(lambda p, s, x: forward(p, s, x, train=False, rng=None, dropout=()),
+                            model.param_shapes(), _custom_state_shapes(model), example)
+    out = result[0] if isinstance(result, tuple) and len(result) == 2 else result
     if getattr(out, "ndim", None) != 2 or out.shape[0] != 2:
-        raise ValueError(f"{name}: apply must return (B, classes) for a (B, {', '.join(map(str, input_shape))}) "
-                         f"batch, got {getattr(out, 'shape', type(out).__name__)}")
+        form = "(outputs, state) with outputs " if stateful else ""
+        raise ValueError(f"{name}: apply must return {form}(B, classes) for a "
+                         f"(B, {', '.join(map(str, input_shape))}) batch, got {getattr(out, 'shape', type(out).__name__)}")
     return dataclasses.replace(model, num_classes=int(out.shape[1]))
-
-
-def from_flax(module, *, input_shape: tuple[int, ...], outputs: Literal["log_probs", "logits"],
-              name: str | None = None) -> Model:
-    """A Flax Linen module as a funcnets model (`from_functions` of its ``init``/``apply``).
-
-    The module's own initialisers draw the params (``module.init``). If its
-    ``__call__`` takes ``train`` (Flax's MNIST example) or ``deterministic``
-    (``nn.Dropout``'s convention), funcnets passes ``train=True`` /
-    ``deterministic=False`` in training steps and the step's key as the
-    ``"dropout"`` rng collection, and the opposite for evaluation. Only the
-    ``"params"`` collection is trained: a module with mutable state (batch
-    norm's ``batch_stats``) is refused with an error saying so.
-
-    >>> import flax.linen as nn, funcnets as fn
-    >>> class MLP(nn.Module):
-    ...     @nn.compact
-    ...     def __call__(self, x, train: bool = False):
-    ...         x = nn.relu(nn.Dense(128)(x.reshape(x.shape[0], -1)))
-    ...         x = nn.Dropout(0.2, deterministic=not train)(x)
-    ...         return nn.Dense(10)(x)
-    >>> model = fn.models.from_flax(MLP(), input_shape=(28, 28, 1), outputs="logits")
-    >>> model.param_count
-    101770
-    """
-    import inspect
-
-    try:
-        import flax.linen as nn
-    except ImportError as error:  # flax is a dependency; this is for a broken install
-        raise ImportError(f"from_flax needs flax: {error}") from None
-    if not isinstance(module, nn.Module):
-        from flax import nnx
-
-        kind = (f"an NNX module ({type(module).__name__}, a flax.nnx.Module; not supported yet: wrap it with "
-                "nnx.bridge.to_linen, or use from_functions)" if isinstance(module, nnx.Module)
-                else type(module).__name__)
-        raise TypeError(f"from_flax takes a Flax Linen module (flax.linen.Module), got {kind}")
-    name = name or type(module).__name__
-    input_shape = _input_shape(name, input_shape)
-    parameters = inspect.signature(module.__call__).parameters
-    if "train" in parameters:
-        mode = lambda train: {"train": train}                    # noqa: E731
-    elif "deterministic" in parameters:
-        mode = lambda train: {"deterministic": not train}        # noqa: E731
-    else:
-        mode = lambda train: {}                                  # noqa: E731
-    example = jnp.zeros((1, *input_shape), jnp.float32)
-    collections = jax.eval_shape(lambda key: module.init({"params": key, "dropout": key}, example, **mode(False)),
-                                 jax.random.key(0))
-    extra = sorted(set(collections) - {"params"})
-    if extra:
-        raise ValueError(f"{name}: the module keeps mutable state in {extra} (e.g. BatchNorm's batch_stats); "
-                         "funcnets trains the 'params' collection only. Use a module without it (e.g. "
-                         "use_running_average=True, or LayerNorm/GroupNorm)")
-
-    def init(key):
-        return module.init({"params": key, "dropout": key}, example, **mode(False))["params"]
-
-    def apply(params, x, *, train, rng):
-        rngs = {"dropout": rng} if rng is not None else None
-        return module.apply({"params": params}, x, rngs=rngs, **mode(train))
-
-    return from_functions(init, apply, input_shape=input_shape, outputs=outputs, name=name,
-                          stochastic=bool(parameters.keys() & {"train", "deterministic"}))
 
 
 def _input_shape(name: str, input_shape) -> tuple[int, ...]:
@@ -500,6 +475,11 @@ def _input_shape(name: str, input_shape) -> tuple[int, ...]:
     if not shape or any(d < 1 for d in shape):
         raise ValueError(f"{name}: input_shape must be one example's shape, e.g. (28, 28, 1), got {input_shape!r}")
     return shape
+
+
+# --- modules of Flax and Equinox (funcnets.bridges) ---------------------------------
+
+from funcnets.bridges import from_equinox, from_flax, to_equinox, to_flax  # noqa: E402, F401
 
 
 # --- the registry ------------------------------------------------------------

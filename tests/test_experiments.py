@@ -477,7 +477,7 @@ def test_the_tutorials_own_program_runs_as_written():
 
 
 def test_a_run_without_matplotlib_skips_its_figure_and_says_so(monkeypatch, tmp_path, capsys):
-    from experiments import plots
+    from funcnets import plots
 
     def missing():
         raise ImportError("the figures need matplotlib: pip install -e '.[plot]'")
