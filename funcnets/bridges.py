@@ -388,8 +388,11 @@ def from_equinox(module, state=None, *, input_shape: tuple[int, ...], outputs: O
 
     def to_eqx_state(named):
         values = state_names.tree(named)
-        eqx_state = jax.tree.unflatten(*reversed(jax.tree.flatten(state)))   # a fresh State: Equinox refuses
-        # to .set() one whose successor was made
+        floats = [leaf.dtype for leaf in jax.tree.leaves(values) if jnp.issubdtype(leaf.dtype, jnp.floating)]
+        # a fresh State (Equinox refuses to .set() one whose successor was made), its floats in the
+        # model state's dtype (float64 params cast the statistics too: `Model.init_state`)
+        eqx_state = jax.tree.map(lambda leaf: leaf.astype(floats[0]) if floats and jnp.issubdtype(
+            leaf.dtype, jnp.floating) else leaf, state)
         for path, index in indexes:
             value = values
             for part in path:

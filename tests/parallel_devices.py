@@ -170,3 +170,25 @@ def test_batch_norm_on_a_mesh_is_sync_batch_norm():
     assert _max_gap(runs[1][0], runs[8][0], "batch norm 1 vs 8 devices") <= 1e-12
     assert runs[8][1]["accuracy"] == runs[1][1]["accuracy"]
     assert runs[8][1]["loss"] == pytest.approx(runs[1][1]["loss"], abs=1e-10)
+
+
+@pytest.mark.parametrize("name", ["linen_bn", "nnx_bn", "eqx_bn"])
+def test_flax_and_equinox_modules_on_a_mesh_match_one_device(name):
+    """Linen (batch_stats), NNX and Equinox modules with batch norm and dropout
+    (tests/module_nets.py): 8 devices train, keep statistics and evaluate as one
+    (float64, SGD, as the batch-norm case above)."""
+    from module_nets import model_of
+
+    with jax.enable_x64(True):
+        model = model_of(name)   # built in float64 mode: Equinox's counters are int64 there
+        images, labels = _data(model, 3 * 16, np.float64)
+        runs = {}
+        for count in (1, 8):
+            mesh = fn.parallel.data_mesh(jax.devices()[:count])
+            state, _ = fn.train_epoch(_fresh(model, fn.optim.sgd(lr=0.01), np.float64), images, labels,
+                                      batch_size=16, rng=jax.random.key(1), mesh=mesh)
+            scores = fn.evaluate(state, images, labels, batch_size=16, mesh=mesh)
+            runs[count] = jax.device_get((state.params, state.model_state)), scores
+    assert _max_gap(runs[1][0], runs[8][0], f"{name} 1 vs 8 devices") <= 1e-12
+    assert runs[8][1]["accuracy"] == runs[1][1]["accuracy"]
+    assert runs[8][1]["loss"] == pytest.approx(runs[1][1]["loss"], abs=1e-10)

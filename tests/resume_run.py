@@ -1,7 +1,8 @@
 """A small real training run for the exact-resume test: ``python tests/resume_run.py OUT MODEL [--resume]``.
 
-Trains MODEL (a funcnets net, ``flax_cnn``: a Flax Linen CNN with dropout, or
-``bn_mlp``: an MLP with batch norm and dropout) on the bundled digits with checkpoints every 4 steps under OUT/ckpt,
+Trains MODEL (a funcnets net, ``flax_cnn``: a Flax Linen CNN with dropout,
+``bn_mlp``: an MLP with batch norm and dropout, or one of module_nets.py's Linen, NNX
+and Equinox CNNs with batch norm and dropout: ``linen_bn``, ``nnx_bn``, ``eqx_bn``) on the bundled digits with checkpoints every 4 steps under OUT/ckpt,
 metrics in OUT/metrics.jsonl, final params (and model state) in OUT/params.npz. Each epoch line
 sleeps a little so that a test can kill the process while it trains.
 """
@@ -14,6 +15,7 @@ import jax
 import numpy as np
 
 import funcnets as fn
+import module_nets
 
 
 class FlaxCNN(nn.Module):
@@ -33,12 +35,14 @@ def model_of(name: str):
         L = fn.layers
         return fn.models.sequential(L.Flatten(), ("fc1", L.Linear(784, 32)), ("bn1", L.BatchNorm1d(32)), L.ReLU(),
                                     L.Dropout(0.2), ("fc2", L.Linear(32, 10)), input_shape=(28, 28, 1), name=name)
+    if name in module_nets.NAMES:
+        return module_nets.model_of(name)
     return fn.models.get(name)
 
 
 def main(out: str, model_name: str, resume: bool) -> None:
     train, test = fn.data.load("digits", "train"), fn.data.load("digits", "test")
-    n = 512 if model_name in ("mnist_cnn", "flax_cnn") else len(train.labels)
+    n = 512 if model_name in ("mnist_cnn", "flax_cnn", *module_nets.NAMES) else len(train.labels)
     images = fn.data.normalize(train.images[:n], train.info)
     model = model_of(model_name)
     tx = fn.optim.adam(lr=1e-3)

@@ -245,3 +245,35 @@ def test_dotted_names_nest_as_sequential_attributes_do(x64):
     x = np.random.default_rng(0).standard_normal((2, 8, 8, 3))
     theirs = twin(torch.from_numpy(torch_models.nchw(x))).detach().numpy()
     assert np.abs(np.asarray(model.apply(params, jnp.asarray(x))) - theirs).max() <= 1e-12
+
+
+def test_compare_puts_a_users_own_net_beside_pytorch(digits, tmp_path):
+    """`fn.parity.compare` on a user's sequential net (its twin) and with a PyTorch module
+    of the user's own whose state_dict names match: one init, the same batches, the report."""
+    images, labels = digits
+    train, test = (images[:640], labels[:640]), (images[640:840], labels[640:840])
+    net = fn.models.sequential(("conv1", L.Conv2d(1, 4, 3)), ("bn1", L.BatchNorm2d(4)), L.ReLU(), L.MaxPool2d(2),
+                               L.Flatten(), ("fc1", L.Linear(4 * 13 * 13, 10)), L.LogSoftmax(),
+                               input_shape=(28, 28, 1), name="users_net")
+    results = fn.parity.compare(net, train, test, optimizer="adam", lr=1e-3, epochs=2, batch_size=64,
+                                out=tmp_path / "twin", log=lambda line: None)
+    gap = results["per_step_loss_gap"]
+    assert gap["count"] == 20 and gap["max_abs"] < 1e-3      # float32 noise between the frameworks, no more
+    runs = results["runs"]
+    assert runs["jax"]["epochs"] == runs["torch"]["epochs"] == 2
+    assert abs(runs["jax"]["test_accuracy"] - runs["torch"]["test_accuracy"]) <= 0.02
+    assert {"report.md", "results.json", "curves.png", "difference.png", "jax", "torch"} <= {
+        p.name for p in (tmp_path / "twin").iterdir()}
+    report = (tmp_path / "twin" / "report.md").read_text()
+    assert "users_net: funcnets (JAX) vs PyTorch" in report and "| 2 |" in report
+
+    mine = _torch_mine()                              # the user's own nn.Module, names as the layers'
+    results = fn.parity.compare(_composed(dropout=(0.0, 0.0)), train, test, torch_module=mine, optimizer="sgd",
+                                lr=0.05, momentum=0.9, epochs=1, batch_size=64, out=tmp_path / "own",
+                                log=lambda line: None)
+    assert results["per_step_loss_gap"]["max_abs"] < 1e-3
+    with pytest.raises(ValueError, match="state_dict does not fit users_net.*layer names"):
+        fn.parity.compare(net, train, test, torch_module=_torch_mine(), out=tmp_path / "bad", log=lambda line: None)
+    with pytest.raises(ValueError, match="has no PyTorch twin"):
+        fn.parity.compare(fn.models.from_flax(FlaxMLP(), input_shape=(28, 28, 1), outputs="log_probs"), train,
+                          test, out=tmp_path / "flax", log=lambda line: None)
