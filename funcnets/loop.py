@@ -28,7 +28,7 @@ import numpy as np
 from jax.sharding import Mesh
 from tqdm.auto import tqdm
 
-from funcnets import host_memory, keys
+from funcnets import host_memory, keys, optim
 from funcnets.metrics import MetricsLog, epoch_line
 from funcnets.checkpoint import Checkpointer, Progress
 from funcnets.parallel import PeerLostError, check_batch_size
@@ -100,7 +100,7 @@ _MOVED = {"metrics_path": "report=fn.loop.Report(metrics_path=...)", "progress":
 def fit(state: TrainState, train: tuple, test: tuple | None = None, *, epochs: int, batch_size: int,
         rng: jax.Array, test_batch_size: int = 1000, drop_last: bool = False, log_every: int = 100,
         report: Report = Report(), checkpointer: Checkpointer | None = None, mesh: Mesh | None = None,
-        transform: Callable | None = None, host_malloc: str | None = None,
+        transform: Callable | None = None, host_malloc: str | None = None, plateau_metric: str = "test_loss",
         **moved) -> tuple[TrainState, list[dict]]:
     """Train for ``epochs`` epochs on ``train = (images, labels)``, evaluating on ``test``.
 
@@ -131,6 +131,9 @@ def fit(state: TrainState, train: tuple, test: tuple | None = None, *, epochs: i
         process for the next step (`funcnets.host_memory`; process-wide, said in
         one line through ``report``); ``"system"`` (or ``FUNCNETS_HOST_MALLOC=system``)
         leaves ``malloc`` alone.
+      plateau_metric: the epoch record's value that steps a `funcnets.optim.reduce_lr_on_plateau`
+        in the optimizer after each epoch's evaluation (``"test_loss"``,
+        ``"test_accuracy"``, ``"loss"``, ``"accuracy"``), before that epoch's checkpoint.
 
     Returns:
       The final state and the per-epoch records (the metrics file's ``"epoch"`` records).
@@ -172,6 +175,14 @@ def fit(state: TrainState, train: tuple, test: tuple | None = None, *, epochs: i
     if test is not None:
         test_images, test_labels = device_split(state, *test, test_batch_size, "test_batch_size", mesh=mesh,
                                                 transform=transform)
+    plateau = optim.has_plateau(state.opt_state)
+    if plateau:
+        metrics = ("loss", "accuracy") + (("test_loss", "test_accuracy") if test is not None else ())
+        if plateau_metric not in metrics:
+            raise ValueError(f"plateau_metric {plateau_metric!r} is not in the epoch records; reduce_lr_on_plateau "
+                             f"reads one of {list(metrics)}" + ("" if test is not None else
+                                                                " (without a test split, the training loss or "
+                                                                "accuracy)"))
     host_memory.for_cpu_steps(host_malloc, report.log)
     n = int(train_images.shape[0])
     epoch_steps = steps_per_epoch(n, batch_size, drop_last)
@@ -261,6 +272,9 @@ def fit(state: TrainState, train: tuple, test: tuple | None = None, *, epochs: i
             record(entry)
             history.append(entry)
             report.line(epoch_line(entry, epochs))
+            if plateau:   # PyTorch's scheduler.step(metric), kept in the optimizer state
+                state = place_state(state.replace(
+                    opt_state=optim.step_plateau(state.opt_state, entry[plateau_metric])), mesh)
             if checkpointer is not None and checkpointer.due(step, end_of_epoch=True):
                 checkpointer.save(state, Progress(epoch, epoch_steps, totals.loss_sum, totals.accuracy_sum))
     except (NonFiniteLossError, KeyboardInterrupt):

@@ -11,6 +11,7 @@ against curves recorded earlier (``experiments/tools/reference_curves.py``).
 from __future__ import annotations
 
 import dataclasses
+import fnmatch
 import json
 import pathlib
 import statistics
@@ -20,6 +21,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 
 from funcnets import interop, layers, optim
 from funcnets.models import Model
@@ -28,38 +30,110 @@ from funcnets.training import create_train_state, train_step
 
 @dataclasses.dataclass(frozen=True)
 class OptimizerSpec:
-    """``torch.optim.<name>(**kwargs)``, optionally with ``StepLR(step_size, gamma)``
-    stepped every ``steps_per_epoch`` steps; the same as ``funcnets.optim.create``."""
+    """A PyTorch training recipe, buildable in both frameworks: ``torch.optim.<name>(**kwargs)``
+    with, optionally,
+
+    - ``step_lr``: ``StepLR(step_size, gamma)`` stepped every ``steps_per_epoch`` steps;
+    - ``scheduler``: ``(name, arguments)`` of a `funcnets.lr_scheduler` scheduler and its
+      ``torch.optim.lr_scheduler`` twin, e.g. ``("one_cycle_lr", {"max_lr": 0.1,
+      "total_steps": 100})`` or ``("cosine_annealing_lr", {"T_max": 4, "steps_per_epoch":
+      25})`` (the optimizer's ``lr`` goes first where the scheduler starts from it);
+    - ``clip``: ``{"max_norm": ..., "norm_type": ...}`` (``clip_grad_norm_``) or
+      ``{"clip_value": ...}`` (``clip_grad_value_``), before each optimizer step;
+    - ``groups``: ``{pattern: {option: value}}``, PyTorch's parameter groups by glob
+      over ``state_dict`` names (first match wins);
+    - ``accumulate``: ``k``: ``(loss / k).backward()`` over ``k`` batches, then one step.
+
+    ``funcnets()`` builds the Optax side (``funcnets.optim.create`` and the rest);
+    ``torch(parameters)`` the PyTorch optimizer and scheduler."""
 
     name: str
     kwargs: dict[str, Any] = dataclasses.field(default_factory=dict)
     step_lr: dict[str, Any] | None = None  # {"step_size", "gamma", "steps_per_epoch"}
+    scheduler: tuple[str, dict[str, Any]] | None = None
+    clip: dict[str, Any] | None = None
+    groups: dict[str, dict[str, Any]] | None = None
+    accumulate: int = 1
 
     def label(self) -> str:
         args = ",".join(f"{k}={v}" for k, v in sorted(self.kwargs.items()))
         sched = f"+steplr({self.step_lr['step_size']},{self.step_lr['gamma']})" if self.step_lr else ""
+        if self.scheduler:
+            sched += f"+{self.scheduler[0]}({','.join(f'{k}={v}' for k, v in sorted(self.scheduler[1].items()))})"
+        if self.clip:
+            sched += f"+clip({','.join(f'{k}={v}' for k, v in sorted(self.clip.items()))})"
+        if self.groups:
+            sched += f"+groups({';'.join(f'{p}:{o}' for p, o in self.groups.items())})"
+        if self.accumulate > 1:
+            sched += f"+accumulate({self.accumulate})"
         return f"{self.name}({args}){sched}"
+
+    def _schedule(self):
+        """The funcnets scheduler of ``scheduler`` (or None)."""
+        if not self.scheduler:
+            return None
+        name, arguments = self.scheduler
+        build = getattr(optim, name)
+        if name in ("one_cycle_lr", "cyclic_lr"):
+            return build(**arguments)
+        return build(self.kwargs["lr"], **arguments)
 
     def funcnets(self):
         kwargs = dict(self.kwargs)
         if self.step_lr:
             kwargs["lr"] = optim.step_lr(kwargs["lr"], self.step_lr["step_size"], self.step_lr["gamma"],
                                          steps_per_epoch=self.step_lr["steps_per_epoch"])
-        return optim.create(self.name, **kwargs)
+        schedule = self._schedule()
+        if schedule is not None:
+            kwargs["lr"] = schedule
+        tx = optim.create(self.name, **kwargs, **({"groups": self.groups} if self.groups else {}))
+        if self.clip:
+            clip = (optim.clip_grad_value(self.clip["clip_value"]) if "clip_value" in self.clip
+                    else optim.clip_grad_norm(**self.clip))
+            tx = optax.chain(clip, tx)
+        return optim.accumulate(tx, self.accumulate) if self.accumulate > 1 else tx
 
     def torch(self, parameters):
-        """``(optimizer, scheduler or None)`` over ``parameters``."""
+        """``(optimizer, scheduler or None)`` over ``parameters`` (a module's
+        ``named_parameters()`` for ``groups``)."""
         import torch
 
         classes = {"sgd": torch.optim.SGD, "adagrad": torch.optim.Adagrad,
                    "adadelta": torch.optim.Adadelta, "rmsprop": torch.optim.RMSprop,
                    "adam": torch.optim.Adam, "adamw": torch.optim.AdamW}
+        parameters = list(parameters)
+        if self.groups:
+            named = [p if isinstance(p, tuple) else (None, p) for p in parameters]
+            buckets: list[list] = [[] for _ in range(len(self.groups) + 1)]
+            for name, parameter in named:
+                index = next((i for i, pattern in enumerate(self.groups)
+                              if name is not None and fnmatch.fnmatchcase(name, pattern)), len(self.groups))
+                buckets[index].append(parameter)
+            parameters = [{"params": bucket, **options} for bucket, options in
+                          zip(buckets, [*self.groups.values(), {}]) if bucket]
+        else:
+            parameters = [p[1] if isinstance(p, tuple) else p for p in parameters]
         optimizer = classes[self.name](parameters, **self.kwargs)
         scheduler = None
         if self.step_lr:
             scheduler = torch.optim.lr_scheduler.StepLR(
                 optimizer, step_size=self.step_lr["step_size"], gamma=self.step_lr["gamma"])
+        if self.scheduler:
+            name, arguments = self.scheduler
+            arguments = {k: v for k, v in arguments.items() if k != "steps_per_epoch" or name == "one_cycle_lr"}
+            scheduler = getattr(torch.optim.lr_scheduler, self._schedule().name)(optimizer, **arguments)
         return optimizer, scheduler
+
+    def scheduler_steps_after(self, updates: int) -> bool:
+        """Whether PyTorch's scheduler steps after the optimizer's ``updates``-th step."""
+        if self.step_lr:
+            return updates % self.step_lr["steps_per_epoch"] == 0
+        if not self.scheduler:
+            return False
+        name, arguments = self.scheduler
+        if name in ("one_cycle_lr", "cyclic_lr"):
+            return True
+        return updates % arguments["steps_per_epoch"] == 0
 
 
 def numpy_init(model: Model, seed: int, dtype=np.float32) -> dict[str, np.ndarray]:
@@ -136,16 +210,23 @@ def torch_curve(model: Model, spec: OptimizerSpec, state_dict, batches) -> tuple
             elif isinstance(module, torch.nn.RNNBase):
                 module.dropout = 0.0
     loss_of = torch_models.loss_for(model)
-    optimizer, scheduler = spec.torch(net.parameters())
-    losses = []
+    optimizer, scheduler = spec.torch(net.named_parameters())
+    losses, updates = [], 0
     for step, (images, labels) in enumerate(batches, start=1):
-        optimizer.zero_grad()
         x = torch.from_numpy(torch_models.nchw(images))
         loss = loss_of(net(x), torch.from_numpy(labels.astype(np.int64)))
-        loss.backward()
-        optimizer.step()
+        (loss / spec.accumulate if spec.accumulate > 1 else loss).backward()
         losses.append(loss.detach())
-        if scheduler is not None and step % spec.step_lr["steps_per_epoch"] == 0:
+        if step % spec.accumulate:
+            continue
+        if spec.clip and "clip_value" in spec.clip:
+            torch.nn.utils.clip_grad_value_(net.parameters(), spec.clip["clip_value"])
+        elif spec.clip:
+            torch.nn.utils.clip_grad_norm_(net.parameters(), **spec.clip)
+        optimizer.step()
+        optimizer.zero_grad()
+        updates += 1
+        if scheduler is not None and spec.scheduler_steps_after(updates):
             scheduler.step()
     final = {k: v.detach().numpy().copy() for k, v in net.state_dict().items()}
     return torch.stack(losses).numpy(), final

@@ -233,3 +233,81 @@ def test_the_learning_rate_is_in_the_optimizer_state_and_changes_no_update():
             rates.append(float(fn.optim.learning_rate(state)))
         assert rates == pytest.approx([0.1, 0.1, 0.05, 0.05, 0.025]), name
     assert fn.optim.learning_rate(optax.adam(1e-3).init(params)) is None
+
+
+# --- the rest of a PyTorch recipe: schedulers, parameter groups, clipping, accumulation ---------
+
+NO_BIAS_DECAY = {"*.bias": {"weight_decay": 0.0}}
+RECIPE_CASES = [
+    OptimizerSpec("sgd", {"lr": 0.05, "momentum": 0.9, "weight_decay": 1e-2}, groups=NO_BIAS_DECAY,
+                  scheduler=("step_lr", {"step_size": 2, "gamma": 0.5, "steps_per_epoch": 25})),
+    OptimizerSpec("sgd", {"lr": 0.05, "momentum": 0.9}, groups={"linear1.*": {"lr": 0.01, "momentum": 0.5}},
+                  scheduler=("cosine_annealing_lr", {"T_max": 3, "eta_min": 1e-3, "steps_per_epoch": 25})),
+    OptimizerSpec("sgd", {"lr": 0.05, "momentum": 0.9, "weight_decay": 5e-4}, groups=NO_BIAS_DECAY,
+                  scheduler=("one_cycle_lr", {"max_lr": 0.1, "total_steps": 200}), clip={"max_norm": 1.0}),
+    OptimizerSpec("adam", {"lr": 1e-3}, clip={"max_norm": 0.5}),
+    OptimizerSpec("adam", {"lr": 1e-3}, clip={"max_norm": 0.05, "norm_type": float("inf")}),
+    OptimizerSpec("adam", {"lr": 1e-3}, clip={"max_norm": 2.0, "norm_type": 1.0},
+                  scheduler=("cyclic_lr", {"base_lr": 1e-4, "max_lr": 1e-3, "step_size_up": 30})),
+    OptimizerSpec("adamw", {"lr": 1e-3, "weight_decay": 0.1}, clip={"clip_value": 0.01},
+                  groups={"*.bias": {"weight_decay": 0.0}, "linear2.*": {"lr": 1e-2, "betas": (0.8, 0.9)}}),
+    OptimizerSpec("rmsprop", {"lr": 1e-3}, scheduler=("one_cycle_lr", {"max_lr": 1e-3, "epochs": 8,
+                                                                       "steps_per_epoch": 25})),
+    OptimizerSpec("adagrad", {"lr": 0.05}, groups={"linear2.weight": {"lr": 0.01, "lr_decay": 1e-3}},
+                  scheduler=("exponential_lr", {"gamma": 0.8, "steps_per_epoch": 25})),
+    OptimizerSpec("adadelta", {"lr": 1.0}, groups={"linear1.bias": {"rho": 0.95}},
+                  scheduler=("multi_step_lr", {"milestones": [2, 5], "steps_per_epoch": 25})),
+    OptimizerSpec("sgd", {"lr": 0.05, "momentum": 0.9}, accumulate=4),
+    OptimizerSpec("adam", {"lr": 1e-3}, accumulate=3, clip={"max_norm": 0.5},
+                  scheduler=("step_lr", {"step_size": 1, "gamma": 0.7, "steps_per_epoch": 10})),
+]
+
+
+@pytest.mark.parametrize("spec", RECIPE_CASES, ids=lambda s: s.label())
+def test_recipes_equal_pytorch_in_float64(spec, float64_run, x64):
+    """Schedulers, parameter groups (a group's lr follows the scheduler), clipping
+    (2, 1 and inf norms, values) and accumulation, combined, against PyTorch."""
+    pytest.importorskip("torch")
+    model, state_dict, batches = float64_run
+    ours, our_params = jax_curve(model, spec, state_dict, batches)
+    theirs, their_params = torch_curve(model, spec, state_dict, batches)
+    assert_float64_parity(ours, theirs, our_params, their_params)
+
+
+def test_accumulation_over_a_ragged_last_batch_equals_pytorch(float64_run, x64):
+    pytest.importorskip("torch")
+    model, state_dict, batches = float64_run
+    batches = batches[:11] + [(batches[11][0][:5], batches[11][1][:5])]   # 3 updates of 4; the last batch 5 rows
+    spec = OptimizerSpec("sgd", {"lr": 0.05, "momentum": 0.9}, accumulate=4)
+    ours, our_params = jax_curve(model, spec, state_dict, batches)
+    theirs, their_params = torch_curve(model, spec, state_dict, batches)
+    assert_float64_parity(ours, theirs, our_params, their_params)
+
+
+def test_groups_clipping_and_accumulation_keep_the_learning_rate_readable():
+    params = {"fc": {"kernel": jnp.ones((3, 2)), "bias": jnp.zeros(2)}}
+    tx = optax.chain(fn.optim.clip_grad_norm(1.0),
+                     fn.optim.sgd(lr=fn.optim.step_lr(0.1, 1, 0.5, steps_per_epoch=1), momentum=0.9,
+                                  groups={"*.bias": {"lr": 0.2}}))
+    tx = fn.optim.accumulate(tx, 2)
+    state = tx.init(params)
+    assert float(fn.optim.learning_rate(state)) == pytest.approx(0.1)   # the default group's
+    for _ in range(4):
+        _, state = tx.update(params, state, params)
+    assert float(fn.optim.learning_rate(state)) == pytest.approx(0.05)   # 2 updates: stepped once
+
+
+def test_bad_recipe_arguments_are_named():
+    params = {"fc1": {"kernel": jnp.ones((3, 2)), "bias": jnp.zeros(2)}}
+    with pytest.raises(ValueError, match=r"group pattern\(s\) \['conv\*'\] match no parameter.*fc1.kernel"):
+        fn.optim.sgd(lr=0.1, groups={"conv*": {"lr": 0.01}}).init(params)
+    with pytest.raises(ValueError, match=r"group '\*.bias': unknown option\(s\) \['betas'\]"):
+        fn.optim.sgd(lr=0.1, groups={"*.bias": {"betas": (0.9, 0.99)}})
+    with pytest.raises(ValueError, match="max_norm must be >= 0"):
+        fn.optim.clip_grad_norm(-1.0)
+    with pytest.raises(ValueError, match="clip_value must be >= 0"):
+        fn.optim.clip_grad_value(-0.1)
+    with pytest.raises(ValueError, match="cannot start from another lr"):
+        fn.optim.sgd(lr=optax.linear_schedule(0.1, 0.0, 100), groups={"*.bias": {"lr": 0.01}})
+    with pytest.raises(ValueError, match="every must be an integer >= 1"):
+        fn.optim.accumulate(fn.optim.sgd(lr=0.1), 0)
