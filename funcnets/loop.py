@@ -28,7 +28,7 @@ import numpy as np
 from jax.sharding import Mesh
 from tqdm.auto import tqdm
 
-from funcnets import host_memory, keys, optim
+from funcnets import host_memory, keys, losses, optim
 from funcnets.metrics import MetricsLog, epoch_line
 from funcnets.checkpoint import Checkpointer, Progress
 from funcnets.parallel import PeerLostError, check_batch_size
@@ -101,7 +101,7 @@ def fit(state: TrainState, train: tuple, test: tuple | None = None, *, epochs: i
         rng: jax.Array, test_batch_size: int = 1000, drop_last: bool = False, log_every: int = 100,
         report: Report = Report(), checkpointer: Checkpointer | None = None, mesh: Mesh | None = None,
         transform: Callable | None = None, host_malloc: str | None = None, plateau_metric: str = "test_loss",
-        **moved) -> tuple[TrainState, list[dict]]:
+        loss_fn: losses.LossFn | str | None = None, **moved) -> tuple[TrainState, list[dict]]:
     """Train for ``epochs`` epochs on ``train = (images, labels)``, evaluating on ``test``.
 
     Each epoch visits ``train`` in the order ``epoch_order(n, fold_in(rng, epoch))``,
@@ -131,6 +131,9 @@ def fit(state: TrainState, train: tuple, test: tuple | None = None, *, epochs: i
         process for the next step (`funcnets.host_memory`; process-wide, said in
         one line through ``report``); ``"system"`` (or ``FUNCNETS_HOST_MALLOC=system``)
         leaves ``malloc`` alone.
+      loss_fn: the training and test loss on class labels: a function or a loss's name
+        (`funcnets.losses.create` binds options: ``label_smoothing``, class ``weight``, ...);
+        default the model's (NLL after log-softmax, else cross-entropy).
       plateau_metric: the epoch record's value that steps a `funcnets.optim.reduce_lr_on_plateau`
         in the optimizer after each epoch's evaluation (``"test_loss"``,
         ``"test_accuracy"``, ``"loss"``, ``"accuracy"``), before that epoch's checkpoint.
@@ -164,6 +167,7 @@ def fit(state: TrainState, train: tuple, test: tuple | None = None, *, epochs: i
     if not isinstance(log_every, int) or log_every < 1:
         raise ValueError(f"log_every must be a positive integer, got {log_every!r}")
     keys.check_key(rng, "rng")
+    loss_fn = losses.resolve(loss_fn)
     for argument, split in (("train", train), ("test", test)):
         if split is not None and (not isinstance(split, (tuple, list)) or len(split) != 2):
             hint = (" (from a funcnets.data.Dataset d: (funcnets.data.normalize(d.images, d.info), d.labels))"
@@ -233,10 +237,10 @@ def fit(state: TrainState, train: tuple, test: tuple | None = None, *, epochs: i
                     compiling = None
                 if scan:   # every chunk, the last shorter one too, in one program
                     state, metrics = padded_steps(state, train_images, train_labels, rows, log_every, mesh=mesh,
-                                                  transform=transform)
+                                                  transform=transform, loss_fn=loss_fn)
                 else:
                     state, metrics = run_steps(state, train_images, train_labels, rows, scan=False, mesh=mesh,
-                                               transform=transform)
+                                               transform=transform, loss_fn=loss_fn)
                 step += rows.shape[0]
                 done = first + rows.shape[0]
                 if shapes is not None:
@@ -244,7 +248,7 @@ def fit(state: TrainState, train: tuple, test: tuple | None = None, *, epochs: i
                     compiling = compile_ahead(shapes, train_images, train_labels, ragged_rows=ragged,
                                               length=log_every, scan=scan, test_batch_size=test_batch_size,
                                               test=None if test is None else (test_images, test_labels),
-                                              transform=transform)
+                                              transform=transform, loss_fn=loss_fn)
                     shapes = None
                 if pending is not None:   # read the previous chunk while this one runs
                     chunk_start = read(pending, chunk_start)
@@ -265,7 +269,7 @@ def fit(state: TrainState, train: tuple, test: tuple | None = None, *, epochs: i
                 compiling = None
             if test is not None:
                 scores = evaluate(state, test_images, test_labels, batch_size=test_batch_size, mesh=mesh,
-                                  transform=transform, host_malloc=host_malloc)
+                                  transform=transform, host_malloc=host_malloc, loss_fn=loss_fn)
                 entry.update(test_loss=scores["loss"], test_accuracy=scores["accuracy"])
             entry.update(lr=totals.lr, seconds=time.perf_counter() - epoch_start,
                          train_seconds=train_seconds)

@@ -307,7 +307,7 @@ def apply_step(state: TrainState, images, labels, loss_fn: losses.LossFn | None 
     return new_state, _metrics(loss, outputs, labels, class_labels)
 
 
-def make_train_step(loss_fn: losses.LossFn | None = None) -> Callable[[TrainState, Batch],
+def make_train_step(loss_fn: losses.LossFn | str | None = None) -> Callable[[TrainState, Batch],
                                                                        tuple[TrainState, Metrics]]:
     """A jitted ``train_step(state, batch) -> (state, metrics)``.
 
@@ -326,6 +326,7 @@ def make_train_step(loss_fn: losses.LossFn | None = None) -> Callable[[TrainStat
     path that `funcnets.fit`, `train_epoch` and `evaluate` take (a conv net's
     step about 25% faster: its temporaries stop being faulted in afresh).
     """
+    loss_fn = losses.resolve(loss_fn)
     step = _jit_with_options(functools.partial(apply_step, loss_fn=loss_fn))
 
     def train_step(state: TrainState, batch: Batch) -> tuple[TrainState, Metrics]:
@@ -336,9 +337,10 @@ def make_train_step(loss_fn: losses.LossFn | None = None) -> Callable[[TrainStat
     return train_step
 
 
-def make_eval_step(loss_fn: losses.LossFn | None = None) -> Callable[[TrainState, Batch], Metrics]:
+def make_eval_step(loss_fn: losses.LossFn | str | None = None) -> Callable[[TrainState, Batch], Metrics]:
     """A jitted ``eval_step(state, batch) -> metrics``: the batch's mean loss
     (and accuracy) with dropout off; ``loss_fn`` as in `make_train_step`."""
+    loss_fn = losses.resolve(loss_fn)
 
     @_jit_with_options
     def step(state: TrainState, images, labels):
@@ -502,7 +504,7 @@ def abstract(tree):
 def compile_ahead(state_shapes: TrainState, images: jax.Array, labels: jax.Array, *,
                   ragged_rows: np.ndarray | None, length: int | None, scan: bool,
                   test: tuple[jax.Array, jax.Array] | None, test_batch_size: int,
-                  transform: Callable | None = None) -> threading.Thread:
+                  transform: Callable | None = None, loss_fn: losses.LossFn | None = None) -> threading.Thread:
     """Compile, in a background thread (started; returned), the programs an epoch
     needs only at its end: the step(s) on its last, smaller batch ``ragged_rows``
     (`padded_steps` at ``length`` with ``scan``, else the jitted step) and the
@@ -520,12 +522,13 @@ def compile_ahead(state_shapes: TrainState, images: jax.Array, labels: jax.Array
         if scan:
             padded = _pad_rows(ragged_rows, length)
             work.append(lambda: _loop_steps.lower(state_shapes, images, labels, padded, np.int32(1),
-                                                  loss_fn=None, transform=transform))
+                                                  loss_fn=loss_fn, transform=transform))
         else:
             work.append(lambda: _indexed_step.lower(state_shapes, images, labels, ragged_rows[0],
-                                                    loss_fn=None, transform=transform))
+                                                    loss_fn=loss_fn, transform=transform))
     if test is not None:
-        work.append(lambda: _eval_split.lower(state_shapes, *test, test_batch_size, transform=transform))
+        work.append(lambda: _eval_split.lower(state_shapes, *test, test_batch_size, loss_fn=loss_fn,
+                                              transform=transform))
 
     def compile_all():
         for lower in work:
@@ -565,7 +568,8 @@ def place_state(state: TrainState, mesh: Mesh | None) -> TrainState:
 
 def train_epoch(state: TrainState, images, labels, *, batch_size: int, rng: jax.Array | None = None,
                 drop_last: bool = False, scan: bool | None = None, mesh: Mesh | None = None,
-                transform: Callable | None = None, host_malloc: str | None = None) -> tuple[TrainState, Metrics]:
+                transform: Callable | None = None, host_malloc: str | None = None,
+                loss_fn: losses.LossFn | str | None = None) -> tuple[TrainState, Metrics]:
     """One epoch over a whole split, its data put on the device once.
 
     Batches follow ``epoch_order(n, rng)`` as ``DataLoader(batch_size, shuffle,
@@ -589,6 +593,9 @@ def train_epoch(state: TrainState, images, labels, *, batch_size: int, rng: jax.
       host_malloc: on the CPU, None or ``"reuse"`` keeps freed blocks in the
         process for the next step (`funcnets.host_memory`; process-wide, said
         once on standard error); ``"system"`` leaves ``malloc`` alone.
+      loss_fn: the loss on class labels, a function or a name with its options bound
+        (`funcnets.losses.create`, e.g. ``cross_entropy`` with ``label_smoothing``);
+        default the model's (`funcnets.losses.for_outputs`).
 
     Returns:
       ``(state, metrics)``: per-step ``"loss"`` and ``"accuracy"`` arrays, and
@@ -601,6 +608,7 @@ def train_epoch(state: TrainState, images, labels, *, batch_size: int, rng: jax.
     >>> metrics["loss"].shape, int(state.step)
     ((4,), 4)
     """
+    loss_fn = losses.resolve(loss_fn)
     if mesh is not None:
         parallel.check_batch_size(batch_size, mesh)
     images, labels = device_split(state, images, labels, batch_size, mesh=mesh, transform=transform)
@@ -610,7 +618,8 @@ def train_epoch(state: TrainState, images, labels, *, batch_size: int, rng: jax.
     state = place_state(state, mesh)
     history = []
     for index in batch_index(np.asarray(epoch_order(images.shape[0], rng)), batch_size, drop_last):
-        state, metrics = run_steps(state, images, labels, index, scan=scan, mesh=mesh, transform=transform)
+        state, metrics = run_steps(state, images, labels, index, scan=scan, mesh=mesh, transform=transform,
+                                   loss_fn=loss_fn)
         history.append(metrics)
     return state, jax.tree.map(lambda *m: jnp.concatenate(m), *history)
 
@@ -645,7 +654,8 @@ def _eval_split(state, images, labels, batch_size: int, loss_fn=None, transform=
 
 
 def evaluate(state: TrainState, images, labels, *, batch_size: int = 1000, mesh: Mesh | None = None,
-             transform: Callable | None = None, host_malloc: str | None = None) -> dict[str, float]:
+             transform: Callable | None = None, host_malloc: str | None = None,
+             loss_fn: losses.LossFn | str | None = None) -> dict[str, float]:
     """Loss and accuracy over a whole split, dropout off::
 
         loss = sum_b |b| * mean_loss(b) / n,   accuracy = sum_b correct(b) / n
@@ -663,6 +673,7 @@ def evaluate(state: TrainState, images, labels, *, batch_size: int = 1000, mesh:
         Without one, the whole split is one program (``lax.map`` over the batches).
       transform: applied to each batch of images inside the program (as in `train_epoch`).
       host_malloc: as in `train_epoch`.
+      loss_fn: as in `train_epoch` (a batch's loss counts times its size).
 
     Returns:
       ``{"loss": float, "accuracy": float}``.
@@ -673,12 +684,13 @@ def evaluate(state: TrainState, images, labels, *, batch_size: int = 1000, mesh:
     >>> sorted(scores)
     ['accuracy', 'loss']
     """
+    loss_fn = losses.resolve(loss_fn)
     images, labels = device_split(state, images, labels, batch_size, mesh=mesh, transform=transform)
     host_memory.for_cpu_steps(host_malloc, host_memory.say_on_stderr)
     state = place_state(state, mesh)
     n = images.shape[0]
     if mesh is None:
-        sums = [_eval_split(state, images, labels, batch_size, transform=transform)]
+        sums = [_eval_split(state, images, labels, batch_size, loss_fn=loss_fn, transform=transform)]
     else:
         sums = []
         for i in range(0, n, batch_size):
@@ -686,7 +698,7 @@ def evaluate(state: TrainState, images, labels, *, batch_size: int = 1000, mesh:
             if batch[1].shape[0] % mesh.shape[parallel.DATA_AXIS] == 0:
                 batch = jax.device_put(batch, (parallel.batch_sharded(mesh, batch[0].ndim),
                                                parallel.batch_sharded(mesh)))
-            sums.append(_eval_sums(state, *batch, transform=transform))
+            sums.append(_eval_sums(state, *batch, loss_fn=loss_fn, transform=transform))
     sums = jax.device_get(sums)   # one host sync for the whole split
     loss_sum, correct = (np.asarray(np.concatenate([np.atleast_1d(p) for p in part]), np.float64).sum()
                          for part in zip(*sums))
