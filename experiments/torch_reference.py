@@ -45,7 +45,7 @@ def run(tutorial, args, data, metrics_path: pathlib.Path, *, orders: list[np.nda
         init: dict[str, np.ndarray] | None = None, checkpoint_dir: pathlib.Path | None = None,
         log: Callable[[str], None] = print) -> list[dict]:
     """Train ``tutorial``'s net under ``args``; the per-epoch records."""
-    from experiments.tutorial import model_options, optimizer_kwargs
+    from experiments.tutorial import model_options, recipe
 
     torch.manual_seed(args.seed)
     model = torch_models.build(tutorial.model, **model_options(tutorial, args))
@@ -53,8 +53,8 @@ def run(tutorial, args, data, metrics_path: pathlib.Path, *, orders: list[np.nda
     if init is not None:
         model.load_state_dict({k: torch.from_numpy(np.array(v)) for k, v in init.items()})
     loss_fn = torch_models.loss_fn(tutorial.model)
-    optimizer, _ = OptimizerSpec(args.optimizer, optimizer_kwargs(tutorial, args)).torch(model.parameters())
-    scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=1, gamma=args.gamma) if args.gamma else None
+    spec = recipe(tutorial, args, len(orders[0]) // args.batch_size + bool(len(orders[0]) % args.batch_size))
+    optimizer, scheduler = spec.torch(model.named_parameters())
 
     sampler = EpochOrder(orders)
     train_images, test_images = data.normalized()
@@ -80,7 +80,7 @@ def run(tutorial, args, data, metrics_path: pathlib.Path, *, orders: list[np.nda
         epoch_start = time.perf_counter()
         sampler.set_epoch(epoch)
         trained = train(model, loss_fn, train_loader, optimizer, epoch, log_interval=args.log_interval,
-                        record=metrics.write)
+                        record=metrics.write, spec=spec, scheduler=scheduler)
         entry = {"kind": "epoch", "step": (epoch + 1) * len(train_loader), "epoch": epoch,
                  "loss": trained["loss"], "accuracy": trained["accuracy"], **test(model, loss_fn, test_loader),
                  "lr": trained["lr"], "seconds": time.perf_counter() - epoch_start,
@@ -88,7 +88,9 @@ def run(tutorial, args, data, metrics_path: pathlib.Path, *, orders: list[np.nda
         metrics.write(entry)
         history.append(entry)
         log(epoch_line(entry, args.epochs))
-        if scheduler is not None:
+        if spec.steps_with_metric:
+            scheduler.step(entry["test_loss"])
+        elif scheduler is not None and not spec.steps_per_batch:
             scheduler.step()
         if checkpoint is not None:
             _save(checkpoint, {"model": model.state_dict(), "optimizer": optimizer.state_dict(),

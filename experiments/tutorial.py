@@ -21,6 +21,7 @@ An experiment script is a `Tutorial` (the settings the tutorial publishes) and
 from __future__ import annotations
 
 import argparse
+import ast
 import collections
 import contextlib
 import dataclasses
@@ -41,6 +42,7 @@ import numpy as np
 
 import funcnets as fn
 from funcnets.data import DatasetNotFoundError
+from funcnets.parity import OptimizerSpec
 from funcnets.loop import steps_per_epoch
 from funcnets.metrics import MetricsLog, read_metrics
 from funcnets.training import epoch_order
@@ -132,6 +134,16 @@ def parser(tutorial: Tutorial, *, prog: str | None = None, description: str | No
     p.add_argument("--gamma", type=positive(float), default=tutorial.gamma,
                    help="StepLR: multiply the lr by this after every epoch, as pytorch/examples "
                         f"does with 0.7 (default: {tutorial.gamma or 'constant lr'})")
+    p.add_argument("--scheduler", nargs="+", default=None, metavar=("NAME", "ARG=VALUE"),
+                   help="a torch.optim.lr_scheduler, by funcnets' name, with its arguments, e.g. "
+                        "'--scheduler one_cycle_lr max_lr=0.1', '--scheduler cosine_annealing_lr T_max=10', "
+                        "'--scheduler reduce_lr_on_plateau patience=2' (stepped with the test loss). --lr is "
+                        "the lr it starts from; steps_per_epoch (and one_cycle_lr's total_steps) are filled in. "
+                        "Names: " + ", ".join(SCHEDULERS))
+    p.add_argument("--clip", type=positive(float), default=None, metavar="MAX_NORM",
+                   help="clip the gradients' 2-norm to MAX_NORM before each step (clip_grad_norm_)")
+    p.add_argument("--clip-value", type=positive(float), default=None, metavar="VALUE",
+                   help="clamp each gradient element to [-VALUE, VALUE] before each step (clip_grad_value_)")
     p.add_argument("--seed", type=int, default=1, help="random seed: init, data order, dropout (default: 1)")
     p.add_argument("--train-examples", type=positive(int), default=None, metavar="N",
                    help="train on the first N training images only (quick checks, timing; default: all)")
@@ -188,6 +200,45 @@ def optimizer_kwargs(tutorial: Tutorial, args) -> dict[str, Any]:
     return kwargs
 
 
+SCHEDULERS = ("step_lr", "multi_step_lr", "exponential_lr", "cosine_annealing_lr", "cosine_annealing_warm_restarts",
+              "linear_lr", "constant_lr", "polynomial_lr", "one_cycle_lr", "cyclic_lr", "reduce_lr_on_plateau")
+
+
+def _value(text: str):
+    try:
+        return ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+        return text
+
+
+def recipe(tutorial: Tutorial, args, steps_per_epoch: int) -> OptimizerSpec:
+    """The run's optimizer, scheduler and clipping as one `funcnets.parity.OptimizerSpec`,
+    which builds both frameworks' sides: --optimizer with --lr (and the tutorial's own
+    options), --gamma (StepLR(1, gamma) per epoch) or --scheduler, --clip or --clip-value."""
+    kwargs = optimizer_kwargs(tutorial, args)
+    step_lr = {"step_size": 1, "gamma": args.gamma, "steps_per_epoch": steps_per_epoch} if args.gamma else None
+    scheduler = None
+    if args.scheduler:
+        name, *pairs = args.scheduler
+        arguments = {}
+        for pair in pairs:
+            key, separator, text = pair.partition("=")
+            if not separator or not key:
+                raise ValueError(f"scheduler argument {pair!r} is not ARG=VALUE")
+            arguments[key] = _value(text)
+        if name == "one_cycle_lr":
+            arguments.setdefault("max_lr", args.lr)
+            if "epochs" not in arguments and "steps_per_epoch" not in arguments:
+                arguments.setdefault("total_steps", args.epochs * steps_per_epoch)
+        elif name == "cyclic_lr":
+            arguments.setdefault("base_lr", args.lr)
+        elif name != "reduce_lr_on_plateau":
+            arguments["steps_per_epoch"] = steps_per_epoch
+        scheduler = (name, arguments)
+    clip = {"max_norm": args.clip} if args.clip else {"clip_value": args.clip_value} if args.clip_value else None
+    return OptimizerSpec(args.optimizer, kwargs, step_lr=step_lr, scheduler=scheduler, clip=clip)
+
+
 def check_host_malloc(p: argparse.ArgumentParser) -> None:
     """``p.error`` (exit 2) for a ``FUNCNETS_HOST_MALLOC`` value funcnets does not
     know, before any data is loaded (`funcnets.host_memory`)."""
@@ -203,6 +254,17 @@ def check_args(tutorial: Tutorial, args, p: argparse.ArgumentParser) -> None:
         fn.optim.create(args.optimizer, **optimizer_kwargs(tutorial, args))
     except (TypeError, ValueError) as error:
         p.error(f"--optimizer {args.optimizer} --lr {args.lr}: {error}")
+    if args.scheduler and args.scheduler[0] not in SCHEDULERS:
+        p.error(f"--scheduler {args.scheduler[0]}: unknown; choose one of {', '.join(SCHEDULERS)}")
+    if args.scheduler and args.gamma:
+        p.error("--gamma is StepLR(1, gamma); with --scheduler, give one or the other "
+                "(--scheduler step_lr step_size=1 gamma=0.7)")
+    if args.clip and args.clip_value:
+        p.error("--clip and --clip-value: give one")
+    try:
+        recipe(tutorial, args, 1).funcnets()
+    except (TypeError, ValueError) as error:
+        p.error(f"--scheduler {' '.join(args.scheduler or [])}: {error}")
     if args.resume and args.checkpoint_dir is None:
         p.error("--resume needs --checkpoint-dir (the run to continue)")
     if args.framework == "torch" and (args.bf16 or args.data_parallel):
@@ -324,13 +386,6 @@ def epoch_orders(num_examples: int, seed: int, epochs: int) -> list[np.ndarray]:
             for e in range(epochs)]
 
 
-def learning_rate(tutorial: Tutorial, args, steps_per_epoch: int):
-    """The lr as funcnets takes it: a float, or PyTorch's StepLR(1, gamma) counted in epochs."""
-    if args.gamma is None:
-        return args.lr
-    return fn.optim.step_lr(args.lr, 1, args.gamma, steps_per_epoch=steps_per_epoch)
-
-
 def default_compile_cache() -> str:
     """``$JAX_COMPILATION_CACHE_DIR``, else ``$XDG_CACHE_HOME/funcnets/jax`` (``~/.cache/funcnets/jax``)."""
     if os.environ.get("JAX_COMPILATION_CACHE_DIR"):
@@ -396,8 +451,7 @@ def run_jax(tutorial: Tutorial, args, data: RunData, metrics_path: pathlib.Path,
     model = tutorial_model(tutorial, args)
     dtype = np.float64 if args.float64 else np.float32
     steps = steps_per_epoch(len(data.train_labels), args.batch_size)
-    lr = learning_rate(tutorial, args, steps)
-    tx = fn.optim.create(args.optimizer, **{**optimizer_kwargs(tutorial, args), "lr": lr})
+    tx = recipe(tutorial, args, steps).funcnets()
     params = None if init is None else fn.interop.params_from_torch(
         model, {k: np.asarray(v, dtype) for k, v in init.items()})
     state = fn.create_train_state(model, tx, jax.random.key(args.seed), params=params, dtype=dtype,
@@ -578,7 +632,8 @@ def summarize(tutorial: Tutorial, args, data: RunData, framework: str, records: 
             "epoch_test_accuracy": [h["test_accuracy"] for h in history],
             **timing(history, len(data.train_labels)), "parameters": model.param_count,
             "optimizer": args.optimizer, "optimizer_kwargs": optimizer_kwargs(tutorial, args),
-            "gamma": args.gamma, "batch_size": args.batch_size, "seed": args.seed,
+            "gamma": args.gamma, "scheduler": args.scheduler, "clip": args.clip, "clip_value": args.clip_value,
+            "batch_size": args.batch_size, "seed": args.seed,
             "model_options": model_options(tutorial, args),
             "float64": args.float64, "bf16": args.bf16, "data_parallel": args.data_parallel,
             "dry_run": args.dry_run, "tutorial_reports": tutorial.reported,

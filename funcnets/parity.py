@@ -76,7 +76,7 @@ class OptimizerSpec:
         build = getattr(optim, name)
         if name in ("one_cycle_lr", "cyclic_lr"):
             return build(**arguments)
-        return build(self.kwargs["lr"], **arguments)
+        return build(self.kwargs["lr"], **arguments)   # reduce_lr_on_plateau too
 
     def funcnets(self):
         kwargs = dict(self.kwargs)
@@ -121,8 +121,19 @@ class OptimizerSpec:
         if self.scheduler:
             name, arguments = self.scheduler
             arguments = {k: v for k, v in arguments.items() if k != "steps_per_epoch" or name == "one_cycle_lr"}
-            scheduler = getattr(torch.optim.lr_scheduler, self._schedule().name)(optimizer, **arguments)
+            scheduler_class = ("ReduceLROnPlateau" if self.steps_with_metric else self._schedule().name)
+            scheduler = getattr(torch.optim.lr_scheduler, scheduler_class)(optimizer, **arguments)
         return optimizer, scheduler
+
+    @property
+    def steps_per_batch(self) -> bool:
+        """Whether PyTorch steps the scheduler after each batch (one-cycle, cyclic)."""
+        return bool(self.scheduler) and self.scheduler[0] in ("one_cycle_lr", "cyclic_lr")
+
+    @property
+    def steps_with_metric(self) -> bool:
+        """Whether the scheduler is ReduceLROnPlateau, stepped with the test loss after each epoch."""
+        return bool(self.scheduler) and self.scheduler[0] == "reduce_lr_on_plateau"
 
     def scheduler_steps_after(self, updates: int) -> bool:
         """Whether PyTorch's scheduler steps after the optimizer's ``updates``-th step."""
@@ -262,11 +273,16 @@ def torch_dataset(images: np.ndarray, labels: np.ndarray):
     return TensorDataset(torch.from_numpy(torch_models.nchw(images)), torch.from_numpy(labels.astype(np.int64)))
 
 
-def torch_train_epoch(model, loss_fn, train_loader, optimizer, epoch, *, log_interval, record) -> dict:
+def torch_train_epoch(model, loss_fn, train_loader, optimizer, epoch, *, log_interval, record,
+                      spec: OptimizerSpec | None = None, scheduler=None) -> dict:
     """One PyTorch epoch as pytorch/examples writes it (``zero_grad / backward / step``),
     recording funcnets' step records (`funcnets.metrics`, each step's loss in
     ``"losses"``) every ``log_interval`` steps; returns the epoch's mean loss and
-    accuracy and its training time."""
+    accuracy and its training time. With a ``spec`` (`OptimizerSpec`), its clipping
+    runs before each step and a ``scheduler`` stepped per batch (one-cycle, cyclic)
+    after it; the caller steps the others after the epoch."""
+    import torch
+
     model.train()
     start = time.perf_counter()
     chunk_start = start
@@ -278,7 +294,15 @@ def torch_train_epoch(model, loss_fn, train_loader, optimizer, epoch, *, log_int
         output = model(data)
         loss = loss_fn(output, target)
         loss.backward()
+        if spec is not None and spec.clip:
+            if "clip_value" in spec.clip:
+                torch.nn.utils.clip_grad_value_(model.parameters(), spec.clip["clip_value"])
+            else:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), **spec.clip)
+        lr = optimizer.param_groups[0]["lr"]   # the rate this step uses
         optimizer.step()
+        if scheduler is not None and spec.steps_per_batch:
+            scheduler.step()
         losses.append(loss.item())
         accuracies.append((output.argmax(dim=1) == target).float().mean().item())
         if batch_idx + 1 - chunk_first == log_interval or batch_idx == last:
@@ -286,11 +310,11 @@ def torch_train_epoch(model, loss_fn, train_loader, optimizer, epoch, *, log_int
             step = epoch * len(train_loader) + batch_idx + 1
             record({"kind": "step", "step": step, "epoch": epoch,
                     "loss": float(np.mean(losses[chunk_first:])), "accuracy": float(np.mean(accuracies[chunk_first:])),
-                    "lr": optimizer.param_groups[0]["lr"], "seconds": seconds, "losses": losses[chunk_first:]})
+                    "lr": lr, "seconds": seconds, "losses": losses[chunk_first:]})
             chunk_first = batch_idx + 1
             chunk_start = time.perf_counter()
     return {"loss": float(np.mean(losses)), "accuracy": float(np.mean(accuracies)),
-            "train_seconds": time.perf_counter() - start, "lr": optimizer.param_groups[0]["lr"]}
+            "train_seconds": time.perf_counter() - start, "lr": lr}
 
 
 def torch_test(model, loss_fn, test_loader, *, dropout_on: bool = False) -> dict:

@@ -150,8 +150,13 @@ def test_tutorial_defaults_are_the_published_settings():
             t.test_dropout) == ("cifar_cnn", "adam", 1e-3, 16, 16, 10, ((0.1307,), (0.3081,)), True)
     assert (simple_net.TUTORIAL.optimizer, simple_net.TUTORIAL.lr) == ("adam", 1e-3)
     args = common.parser(mnist_cnn.TUTORIAL).parse_args([])
-    schedule = common.learning_rate(mnist_cnn.TUTORIAL, args, steps_per_epoch=10)
-    assert float(schedule(9)) == pytest.approx(1.0) and float(schedule(10)) == pytest.approx(0.7)
+    tx = common.recipe(mnist_cnn.TUTORIAL, args, steps_per_epoch=10).funcnets()
+    state = tx.init({"w": np.zeros(2, np.float32)})
+    rates = []
+    for _ in range(11):
+        _, state = tx.update({"w": np.ones(2, np.float32)}, state, {"w": np.zeros(2, np.float32)})
+        rates.append(float(fn.optim.learning_rate(state)))
+    assert rates[9] == pytest.approx(1.0) and rates[10] == pytest.approx(0.7)
 
 
 def test_both_frameworks_see_the_same_batches():
