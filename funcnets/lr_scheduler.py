@@ -478,7 +478,7 @@ def step_plateau(opt_state, metric):
 
     def visit(node):
         if isinstance(node, PlateauScaleState):
-            return node.replace(plateau=node.scheduler.step(node.plateau, metric))
+            return dataclasses.replace(node, plateau=node.scheduler.step(node.plateau, metric))
         return node
 
     return jax.tree.map(visit, opt_state, is_leaf=lambda node: isinstance(node, PlateauScaleState))

@@ -31,11 +31,12 @@ AdamW       adam_update, decoupled decay -lr*wd*p        default wd 1e-2
 
 from __future__ import annotations
 
+import dataclasses
 import fnmatch
+import functools
 import inspect
 from typing import Any, Callable, NamedTuple
 
-import flax.struct
 import jax
 import jax.numpy as jnp
 import optax
@@ -280,13 +281,14 @@ def adam_update(lr: ScalarOrSchedule, b1: ScalarOrSchedule, b2: float, eps: floa
 
 # --- reduce_lr_on_plateau: the rate in the optimizer state ------------------------------
 
-@flax.struct.dataclass
+@functools.partial(jax.tree_util.register_dataclass, data_fields=["plateau"], meta_fields=["scheduler"])
+@dataclasses.dataclass(frozen=True)
 class PlateauScaleState:
     """`scale_by_plateau`'s state: the scheduler's (`funcnets.lr_scheduler.PlateauState`,
     with the lr it has set) and the scheduler itself, static."""
 
     plateau: PlateauState
-    scheduler: ReduceLROnPlateau = flax.struct.field(pytree_node=False)
+    scheduler: ReduceLROnPlateau
 
 
 def scale_by_plateau(scheduler: ReduceLROnPlateau) -> optax.GradientTransformation:

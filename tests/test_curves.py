@@ -26,7 +26,7 @@ import pytest
 
 import funcnets as fn
 from experiments.tools import reference_curves
-from funcnets.parity import OptimizerSpec, jax_curve, numpy_init, synthetic_batches
+from funcnets.parity import jax_curve, numpy_init, synthetic_batches
 
 GOLDEN_DIR = pathlib.Path(__file__).parent / "golden"
 PER_STEP_TOLERANCE = reference_curves.PER_STEP_TOLERANCE
@@ -50,7 +50,7 @@ def _cases():
 def _run(name, case, steps):
     data = _golden(name)
     model = reference_curves.model_of(name)
-    spec = OptimizerSpec(case["optimizer"], case["kwargs"])
+    spec = reference_curves.spec_of(case)
     batches = synthetic_batches(model, steps, data["batch_size"], reference_curves.BATCH_SEED)
     return model, spec, numpy_init(model, reference_curves.INIT_SEED), batches
 
@@ -59,7 +59,7 @@ def test_goldens_describe_the_current_cases():
     for name, (steps, batch_size, per_step) in reference_curves.HORIZONS.items():
         data = _golden(name)
         assert (data["steps"], data["batch_size"], data["per_step_horizon"]) == (steps, batch_size, per_step)
-        assert [c["label"] for c in data["cases"]] == [s.label() for s in reference_curves.OPTIMIZERS]
+        assert [c["label"] for c in data["cases"]] == [s.label() for s in reference_curves.specs_of(name)]
         assert all(len(c["losses"]) == steps for c in data["cases"])
 
 

@@ -6,7 +6,8 @@
 
 For each model (the tutorial nets, and `NETS`: a batch-norm CNN and a
 row-by-row LSTM) and each of SGD, SGD+momentum, Adagrad, Adadelta, RMSprop and
-Adam, PyTorch (``torch.set_num_threads(1)``, dropout off) trains from
+Adam (and for `RECIPES`, a whole recipe: `mnist_cnn` with one-cycle lr, clipping
+and no weight decay on biases), PyTorch (``torch.set_num_threads(1)``, dropout off) trains from
 `funcnets.parity.numpy_init(model, seed=0)` on
 `funcnets.parity.synthetic_batches(model, steps, batch_size, seed=1)`; both
 are drawn by NumPy, so the JAX side rebuilds them without torch.
@@ -49,11 +50,31 @@ OPTIMIZERS = (
     OptimizerSpec("adam", {"lr": 1e-3}),
 )
 
+# A whole PyTorch recipe on the pytorch/examples CNN: one-cycle lr (SGD's momentum cycled with it),
+# gradient clipping, weight decay on the weights only (a parameter group for the biases).
+RECIPE = OptimizerSpec("sgd", {"lr": 0.05, "momentum": 0.9, "weight_decay": 5e-4},
+                       scheduler=("one_cycle_lr", {"max_lr": 0.05, "total_steps": 100}),
+                       clip={"max_norm": 1.0}, groups={"*.bias": {"weight_decay": 0.0}})
+RECIPES = {"recipe_mnist_cnn": ("mnist_cnn", (RECIPE,))}   # golden name: (model, specs)
+
+
+def specs_of(name: str) -> tuple[OptimizerSpec, ...]:
+    """The optimizer specs recorded for golden ``name``."""
+    return RECIPES[name][1] if name in RECIPES else OPTIMIZERS
+
+
+def spec_of(case: dict) -> OptimizerSpec:
+    """The `OptimizerSpec` a recorded case describes."""
+    return OptimizerSpec(case["optimizer"], case["kwargs"],
+                         scheduler=tuple(case["scheduler"]) if case.get("scheduler") else None,
+                         clip=case.get("clip"), groups=case.get("groups"))
+
+
 # Per-step tolerance (absolute loss) over each case's first `per_step_horizon` steps; a case
 # whose own recorded noise is larger (ulp-chaotic: a rounding-size gradient gets a sign-like
 # adaptive step) is held to its noise instead (`within_tolerance`, tests/test_curves.py).
 PER_STEP_TOLERANCE = {"mnist_mlp": 1e-5, "simple_net": 1e-5, "mnist_cnn": 5e-5, "mastering_cnn": 5e-5,
-                      "cifar_cnn": 5e-5, "bn_cnn": 5e-5, "row_lstm": 5e-5}
+                      "cifar_cnn": 5e-5, "bn_cnn": 5e-5, "row_lstm": 5e-5, "recipe_mnist_cnn": 5e-5}
 
 # model -> (steps recorded, batch size, steps compared one by one)
 HORIZONS = {
@@ -64,6 +85,7 @@ HORIZONS = {
     "cifar_cnn": (100, 8, 10),
     "bn_cnn": (100, 16, 10),
     "row_lstm": (100, 16, 10),
+    "recipe_mnist_cnn": (100, 16, 10),
 }
 
 
@@ -87,7 +109,9 @@ NETS = {"bn_cnn": _bn_cnn, "row_lstm": _row_lstm}   # goldens of nets beyond the
 
 
 def model_of(name: str) -> fn.models.Model:
-    """The net a golden is of: a tutorial net (`funcnets.models.get`), or one of `NETS`."""
+    """The net a golden is of: a tutorial net (`funcnets.models.get`), one of `NETS`, or a recipe's."""
+    if name in RECIPES:
+        name = RECIPES[name][0]
     return NETS[name]() if name in NETS else fn.models.get(name)
 
 
@@ -130,9 +154,10 @@ def record(model_name: str, *, with_noise: bool = True) -> dict:
     batches = synthetic_batches(model, steps, batch_size, BATCH_SEED)
     torch.set_num_threads(1)
     cases = []
-    for spec in OPTIMIZERS:
+    for spec in specs_of(model_name):
         losses, _ = torch_curve(model, spec, state_dict, batches)
         case = {"optimizer": spec.name, "kwargs": spec.kwargs, "label": spec.label(),
+                **{k: getattr(spec, k) for k in ("scheduler", "clip", "groups") if getattr(spec, k)},
                 "losses": [float(x) for x in losses]}
         if with_noise:
             case.update(self_noise(model, spec, state_dict, batches, losses, per_step))
