@@ -149,6 +149,22 @@ def test_the_mesh_covers_every_device_and_checks_its_axis():
         fn.parallel.replicate(jnp.zeros(3), other)
 
 
+def _one_and_eight_devices(model, images, labels, label: str):
+    """A float64 SGD epoch and an evaluation on 1 and on 8 devices: params, model state and
+    scores agree (``(params, model_state)`` of the 8-device run returned)."""
+    runs = {}
+    for count in (1, 8):
+        mesh = fn.parallel.data_mesh(jax.devices()[:count])
+        state, _ = fn.train_epoch(_fresh(model, fn.optim.sgd(lr=0.01), np.float64), images, labels,
+                                  batch_size=16, rng=jax.random.key(1), mesh=mesh)
+        scores = fn.evaluate(state, images, labels, batch_size=16, mesh=mesh)
+        runs[count] = jax.device_get((state.params, state.model_state)), scores
+    assert _max_gap(runs[1][0], runs[8][0], f"{label} 1 vs 8 devices") <= 1e-12
+    assert runs[8][1]["accuracy"] == runs[1][1]["accuracy"]
+    assert runs[8][1]["loss"] == pytest.approx(runs[1][1]["loss"], abs=1e-10)
+    return runs[8][0]
+
+
 def test_batch_norm_on_a_mesh_is_sync_batch_norm():
     """The batch statistics of the global batch (PyTorch's SyncBatchNorm): 8 devices
     train and evaluate as one, running statistics included (float64, SGD: Adam magnifies the
@@ -159,17 +175,8 @@ def test_batch_norm_on_a_mesh_is_sync_batch_norm():
                                  ("fc2", L.Linear(16, 10)), input_shape=(28, 28, 1), name="bn_net")
     images, labels = _data(model, 3 * 16 + 5, np.float64)
     with jax.enable_x64(True):
-        runs = {}
-        for count in (1, 8):
-            mesh = fn.parallel.data_mesh(jax.devices()[:count])
-            state, metrics = fn.train_epoch(_fresh(model, fn.optim.sgd(lr=0.01), np.float64), images, labels,
-                                            batch_size=16, rng=jax.random.key(1), mesh=mesh)
-            scores = fn.evaluate(state, images, labels, batch_size=16, mesh=mesh)
-            runs[count] = jax.device_get((state.params, state.model_state)), scores
-    assert int(runs[8][0][1]["bn1"]["num_batches_tracked"]) == 4
-    assert _max_gap(runs[1][0], runs[8][0], "batch norm 1 vs 8 devices") <= 1e-12
-    assert runs[8][1]["accuracy"] == runs[1][1]["accuracy"]
-    assert runs[8][1]["loss"] == pytest.approx(runs[1][1]["loss"], abs=1e-10)
+        _, model_state = _one_and_eight_devices(model, images, labels, "batch norm")
+    assert int(model_state["bn1"]["num_batches_tracked"]) == 4
 
 
 @pytest.mark.parametrize("name", ["linen_bn", "nnx_bn", "eqx_bn"])
@@ -181,14 +188,4 @@ def test_flax_and_equinox_modules_on_a_mesh_match_one_device(name):
 
     with jax.enable_x64(True):
         model = model_of(name)   # built in float64 mode: Equinox's counters are int64 there
-        images, labels = _data(model, 3 * 16, np.float64)
-        runs = {}
-        for count in (1, 8):
-            mesh = fn.parallel.data_mesh(jax.devices()[:count])
-            state, _ = fn.train_epoch(_fresh(model, fn.optim.sgd(lr=0.01), np.float64), images, labels,
-                                      batch_size=16, rng=jax.random.key(1), mesh=mesh)
-            scores = fn.evaluate(state, images, labels, batch_size=16, mesh=mesh)
-            runs[count] = jax.device_get((state.params, state.model_state)), scores
-    assert _max_gap(runs[1][0], runs[8][0], f"{name} 1 vs 8 devices") <= 1e-12
-    assert runs[8][1]["accuracy"] == runs[1][1]["accuracy"]
-    assert runs[8][1]["loss"] == pytest.approx(runs[1][1]["loss"], abs=1e-10)
+        _one_and_eight_devices(model, *_data(model, 3 * 16, np.float64), name)
