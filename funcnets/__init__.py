@@ -11,7 +11,7 @@ and back), `layers` (their pieces and init), `losses`,
 `optim` (PyTorch's optimizers on Optax), `training` (state, step, epoch),
 `loop` (`fit`), `metrics` (what a run reports), `checkpoint` (Orbax), `data`
 (with `download`: the published files, checksummed; `imagefolder`:
-class-folder trees), `interop` (PyTorch state dicts), `parallel` (devices and
+class-folder trees; `augment`: torchvision's random crops and flips on the device), `interop` (PyTorch state dicts), `parallel` (devices and
 processes), `cpu` (the CPU backend's fast paths), `host_memory` (the
 process-wide malloc setting that `fit`, `train_epoch` and `evaluate` make on
 the CPU), `keys`, `parity` (funcnets and PyTorch side by side: `parity.compare`),
@@ -20,7 +20,7 @@ of `parity` need torch; importing funcnets never imports it.
 """
 
 from funcnets import models  # first: it imports funcnets.bridges, which builds on it
-from funcnets import (bridges, checkpoint, cpu, data, download, host_memory, imagefolder, interop, keys, layers, loop,
+from funcnets import (augment, bridges, checkpoint, cpu, data, download, host_memory, imagefolder, interop, keys, layers, loop,
                       losses, metrics, models, optim, parallel, parity, plots, training)
 from funcnets.loop import NonFiniteLossError, fit
 from funcnets.training import (TrainState, create_train_state, eval_step, evaluate, make_eval_step,
@@ -29,7 +29,7 @@ from funcnets.training import (TrainState, create_train_state, eval_step, evalua
 __version__ = "0.1.0"
 
 __all__ = [
-    "NonFiniteLossError", "TrainState", "bridges", "checkpoint", "cpu", "create_train_state", "data", "download", "eval_step",
+    "NonFiniteLossError", "TrainState", "augment", "bridges", "checkpoint", "cpu", "create_train_state", "data", "download", "eval_step",
     "evaluate", "fit", "host_memory", "imagefolder", "interop", "keys", "layers", "loop", "losses", "make_eval_step",
     "make_train_step", "metrics", "models", "optim", "parallel", "parity", "plots", "train_epoch", "train_step", "training",
 ]

@@ -42,6 +42,7 @@ import numpy as np
 
 from funcnets import download as _download
 from funcnets import imagefolder
+from funcnets.augment import Compose, RandomCrop, RandomHorizontalFlip  # noqa: F401 (fn.data.<transform>)
 
 SPLITS = ("train", "test")
 

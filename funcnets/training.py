@@ -29,7 +29,7 @@ import numpy as np
 import optax
 from jax.sharding import Mesh
 
-from funcnets import cpu, host_memory, keys, layers, losses, optim, parallel
+from funcnets import augment, cpu, host_memory, keys, layers, losses, optim, parallel
 from funcnets.models import Model, ModelState, Params, Variables
 
 Batch = tuple[Any, Any]
@@ -208,7 +208,8 @@ def _check_transform(state: TrainState, images, labels, transform) -> None:
     shape, dtype = getattr(images, "shape", None), getattr(images, "dtype", None)
     if shape is None or dtype is None or len(shape) < 1:
         raise TypeError(f"images must be an array, got {type(images).__name__}")
-    made = jax.eval_shape(transform, jax.ShapeDtypeStruct((1, *shape[1:]), dtype))
+    made = jax.eval_shape(lambda x: augment.apply(transform, x, jax.random.key(0)),
+                          jax.ShapeDtypeStruct((1, *shape[1:]), dtype))
     state.model.check_images(made, "transform(images)")
     _check_batch(state, (jax.ShapeDtypeStruct((shape[0], *made.shape[1:]), made.dtype), labels), class_labels=True)
 
@@ -403,14 +404,16 @@ def uses_scan(model: Model) -> bool:
 def _step_on_rows(state, images, labels, rows, loss_fn, transform=None):
     """`apply_step` on the examples ``rows``; the metrics add ``"lr"``, the rate the
     step used, when the optimizer keeps it (`funcnets.optim.learning_rate`)."""
-    state, metrics = apply_step(state, _batch_images(images, rows, transform), labels[rows], loss_fn)
+    key = augment.step_key(state.rng, state.step) if getattr(transform, "random", False) else None
+    state, metrics = apply_step(state, _batch_images(images, rows, transform, key), labels[rows], loss_fn)
     lr = optim.learning_rate(state.opt_state)
     return state, metrics if lr is None else {**metrics, "lr": lr}
 
 
-def _batch_images(images, rows, transform):
-    """``images[rows]``, through ``transform`` when one is given (`run_steps`)."""
-    return images[rows] if transform is None else transform(images[rows])
+def _batch_images(images, rows, transform, key=None):
+    """``images[rows]``, through ``transform`` when one is given (`run_steps`; a random one,
+    `funcnets.augment`, draws from the step's augmentation ``key``)."""
+    return augment.apply(transform, images[rows], key)
 
 
 @functools.partial(_jit_with_options, static_argnames=("loss_fn", "transform"), donate_argnums=(0,))
@@ -626,7 +629,7 @@ def train_epoch(state: TrainState, images, labels, *, batch_size: int, rng: jax.
 
 def _batch_sums(state, images, labels, loss_fn, transform=None):
     """A batch's summed loss (mean loss times its size) and its count of correct answers."""
-    outputs = forward(state, state.params, images if transform is None else transform(images))
+    outputs = forward(state, state.params, augment.apply(augment.for_evaluation(transform), images))
     loss = _objective(state, loss_fn)(outputs, labels)
     return loss * labels.shape[0], jnp.sum(jnp.argmax(outputs, axis=-1) == labels)
 
