@@ -15,13 +15,14 @@ class-folder trees; `augment`: torchvision's random crops and flips on the devic
 processes), `cpu` (the CPU backend's fast paths), `host_memory` (the
 process-wide malloc setting that `fit`, `train_epoch` and `evaluate` make on
 the CPU), `keys`, `parity` (funcnets and PyTorch side by side: `parity.compare`),
-`plots` (figures of metrics files, with matplotlib). `torch_models` and the runs
+`plots` (figures of metrics files, with matplotlib), `streams` (training from Grain,
+a torch DataLoader or any iterable of batches). `torch_models` and the runs
 of `parity` need torch; importing funcnets never imports it.
 """
 
 from funcnets import models  # first: it imports funcnets.bridges, which builds on it
 from funcnets import (augment, bridges, checkpoint, cpu, data, download, host_memory, imagefolder, interop, keys, layers, loop,
-                      losses, metrics, models, optim, parallel, parity, plots, training)
+                      losses, metrics, models, optim, parallel, parity, plots, streams, training)
 from funcnets.loop import NonFiniteLossError, fit
 from funcnets.training import (TrainState, create_train_state, eval_step, evaluate, make_eval_step,
                                make_train_step, train_epoch, train_step)
@@ -31,5 +32,5 @@ __version__ = "0.1.0"
 __all__ = [
     "NonFiniteLossError", "TrainState", "augment", "bridges", "checkpoint", "cpu", "create_train_state", "data", "download", "eval_step",
     "evaluate", "fit", "host_memory", "imagefolder", "interop", "keys", "layers", "loop", "losses", "make_eval_step",
-    "make_train_step", "metrics", "models", "optim", "parallel", "parity", "plots", "train_epoch", "train_step", "training",
+    "make_train_step", "metrics", "models", "optim", "parallel", "parity", "plots", "streams", "train_epoch", "train_step", "training",
 ]

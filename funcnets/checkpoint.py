@@ -54,13 +54,15 @@ DEFAULT_ROOT = pathlib.Path("checkpoints")
 
 class Progress(NamedTuple):
     """Where training stands: ``epoch`` (0-based), ``position`` (the batches of it
-    done), and the sums of those batches' losses and accuracies (so the epoch's
-    means come out the same after a resume)."""
+    done), the sums of those batches' losses and accuracies (so the epoch's
+    means come out the same after a resume), and for a stream whose iterator
+    has a state (Grain's), that state as JSON (`funcnets.streams`)."""
 
     epoch: int
     position: int
     loss_sum: float = 0.0
     accuracy_sum: float = 0.0
+    data_state: str | None = None
 
 
 class CheckpointMismatchError(ValueError):
@@ -342,7 +344,7 @@ class Checkpointer:
         except CheckpointWriteError as error:
             raise self._failed(step, error, None) from None
         meta = {"progress": [int(progress.epoch), int(progress.position), float(progress.loss_sum),
-                             float(progress.accuracy_sum)],
+                             float(progress.accuracy_sum), progress.data_state],
                 "config": self.config, "fingerprint": fingerprint(state)}
         ocp = _orbax()
         try:

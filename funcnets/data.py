@@ -43,6 +43,7 @@ import numpy as np
 from funcnets import download as _download
 from funcnets import imagefolder
 from funcnets.augment import Compose, RandomCrop, RandomHorizontalFlip  # noqa: F401 (fn.data.<transform>)
+from funcnets.streams import from_torch  # noqa: F401 (fn.data.from_torch)
 
 SPLITS = ("train", "test")
 

@@ -18,22 +18,25 @@ back to the checkpoint's step.
 from __future__ import annotations
 
 import dataclasses
+import warnings
 import math
 import os
 import time
 from typing import Callable
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh
 from tqdm.auto import tqdm
 
-from funcnets import host_memory, keys, losses, optim
+from funcnets import host_memory, keys, losses, optim, streams
 from funcnets.metrics import MetricsLog, epoch_line
 from funcnets.checkpoint import Checkpointer, Progress
 from funcnets.parallel import PeerLostError, check_batch_size
-from funcnets.training import (TrainState, abstract, batch_index, compile_ahead, device_split, epoch_order,
-                               evaluate, padded_steps, place_state, run_steps, uses_scan)
+from funcnets.training import (TrainState, abstract, batch_index, batch_step, check_batch, check_transform,
+                               compile_ahead, device_batch, device_split, epoch_order, evaluate, padded_steps,
+                               place_state, run_steps, uses_scan)
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -97,7 +100,7 @@ _MOVED = {"metrics_path": "report=fn.loop.Report(metrics_path=...)", "progress":
           "learning_rate": "nothing: the rate is read from the optimizer state (fn.optim.learning_rate)"}
 
 
-def fit(state: TrainState, train: tuple, test: tuple | None = None, *, epochs: int, batch_size: int,
+def fit(state: TrainState, train, test=None, *, epochs: int, batch_size: int | None = None,
         rng: jax.Array, test_batch_size: int = 1000, drop_last: bool = False, log_every: int = 100,
         report: Report = Report(), checkpointer: Checkpointer | None = None, mesh: Mesh | None = None,
         transform: Callable | None = None, host_malloc: str | None = None, plateau_metric: str = "test_loss",
@@ -168,6 +171,21 @@ def fit(state: TrainState, train: tuple, test: tuple | None = None, *, epochs: i
         raise ValueError(f"log_every must be a positive integer, got {log_every!r}")
     keys.check_key(rng, "rng")
     loss_fn = losses.resolve(loss_fn)
+    plateau = optim.has_plateau(state.opt_state)
+    if plateau:
+        metrics = ("loss", "accuracy") + (("test_loss", "test_accuracy") if test is not None else ())
+        if plateau_metric not in metrics:
+            raise ValueError(f"plateau_metric {plateau_metric!r} is not in the epoch records; reduce_lr_on_plateau "
+                             f"reads one of {list(metrics)}" + ("" if test is not None else
+                                                                " (without a test split, the training loss or "
+                                                                "accuracy)"))
+    if streams.is_stream(train):
+        return _fit_stream(state, streams.Stream(train, "train"), test, epochs=epochs, batch_size=batch_size,
+                           test_batch_size=test_batch_size, log_every=log_every, report=report,
+                           checkpointer=checkpointer, mesh=mesh, transform=transform, host_malloc=host_malloc,
+                           plateau_metric=plateau_metric if plateau else None, loss_fn=loss_fn)
+    if batch_size is None:
+        raise TypeError("fit() needs batch_size for a whole split (a stream's batches set their own)")
     for argument, split in (("train", train), ("test", test)):
         if split is not None and (not isinstance(split, (tuple, list)) or len(split) != 2):
             hint = (" (from a funcnets.data.Dataset d: (funcnets.data.normalize(d.images, d.info), d.labels))"
@@ -179,14 +197,6 @@ def fit(state: TrainState, train: tuple, test: tuple | None = None, *, epochs: i
     if test is not None:
         test_images, test_labels = device_split(state, *test, test_batch_size, "test_batch_size", mesh=mesh,
                                                 transform=transform)
-    plateau = optim.has_plateau(state.opt_state)
-    if plateau:
-        metrics = ("loss", "accuracy") + (("test_loss", "test_accuracy") if test is not None else ())
-        if plateau_metric not in metrics:
-            raise ValueError(f"plateau_metric {plateau_metric!r} is not in the epoch records; reduce_lr_on_plateau "
-                             f"reads one of {list(metrics)}" + ("" if test is not None else
-                                                                " (without a test split, the training loss or "
-                                                                "accuracy)"))
     host_memory.for_cpu_steps(host_malloc, report.log)
     n = int(train_images.shape[0])
     epoch_steps = steps_per_epoch(n, batch_size, drop_last)
@@ -252,7 +262,7 @@ def fit(state: TrainState, train: tuple, test: tuple | None = None, *, epochs: i
                     shapes = None
                 if pending is not None:   # read the previous chunk while this one runs
                     chunk_start = read(pending, chunk_start)
-                pending = (first, rows, metrics, step)
+                pending = (first, rows.shape[0], rows.size, metrics, step)
                 if checkpointer is not None and done < epoch_steps and checkpointer.due(step):
                     # Read this chunk before saving it, so that a NaN is never checkpointed.
                     chunk_start = read(pending, chunk_start)
@@ -293,6 +303,143 @@ def fit(state: TrainState, train: tuple, test: tuple | None = None, *, epochs: i
     return state, history
 
 
+def _fit_stream(state: TrainState, stream: streams.Stream, test, *, epochs: int, batch_size: int | None,
+                test_batch_size: int, log_every: int, report: Report, checkpointer: Checkpointer | None,
+                mesh: Mesh | None, transform, host_malloc, plateau_metric: str | None,
+                loss_fn) -> tuple[TrainState, list[dict]]:
+    """`fit` over a stream (`funcnets.streams`): each epoch one pass of it, batches put on
+    the device a step ahead; a Grain iterator's state saved with each checkpoint."""
+    if test is not None and not streams.is_stream(test) and (not isinstance(test, (tuple, list)) or len(test) != 2):
+        raise TypeError("test must be a pair (images, labels) or a stream")
+    host_memory.for_cpu_steps(host_malloc, report.log)
+    start = Progress(0, 0)
+    resume = checkpointer is not None and checkpointer.resume
+    if resume:
+        restored = checkpointer.restore_latest(state)
+        if restored is not None:
+            state, start = restored
+            report.line(f"Resumed from step {int(state.step)} (epoch {start.epoch + 1}, batch {start.position})")
+    state = place_state(state, mesh)
+    record = MetricsLog(report.metrics_path, resume_step=int(state.step) if resume else None).write
+    check = _BatchCheck(state, stream.argument, batch_size, transform)
+    history = []
+    for epoch in range(start.epoch, epochs):
+        epoch_start = time.perf_counter()
+        resuming = epoch == start.epoch and (start.position > 0 or start.data_state is not None)
+        exact = resuming and start.data_state is not None
+        if resuming and not exact:
+            warnings.warn(f"{stream.argument}: the stream's position cannot be checkpointed (only a Grain "
+                          f"iterator's can), so the interrupted epoch {epoch + 1} restarts from its first batch; "
+                          f"the {start.position} steps it had taken stay in the train state", RuntimeWarning,
+                          stacklevel=3)
+        position = start.position if exact else 0
+        totals = _EpochTotals(start.loss_sum, start.accuracy_sum) if exact else _EpochTotals()
+        iterator = stream.iterator(epoch, start.data_state if exact else None)
+        keep_state = streams.Stream.checkpointable(iterator)
+        bar = tqdm(total=stream.length(epoch), initial=position, desc=f"epoch {epoch + 1}/{epochs}", unit="step",
+                   disable=not report.progress, leave=False)
+        step, chunk, chunk_start, data_state = int(state.step), [], time.perf_counter(), None
+
+        def put(batch, index=[position], epoch=epoch, iterator=iterator, keep_state=keep_state):  # noqa: B006
+            images, labels = check(batch, index[0], epoch)   # (index: the producer thread's batch counter)
+            index[0] += 1
+            return (device_batch((images, labels), mesh), streams.Stream.state(iterator) if keep_state else None,
+                    labels.shape[0])
+
+        def read(chunk, chunk_start, first):
+            metrics = jax.tree.map(lambda *m: jnp.stack(m), *[m for m, _ in chunk])
+            return _report_chunk((first, len(chunk), sum(n for _, n in chunk), metrics, step), chunk_start, epoch,
+                                 totals, bar, record, report.step_losses, checkpointer)
+
+        first = position
+        for (images, labels), data_state, count in _named_failures(streams.prefetch(iterator, put), stream,
+                                                                    position, epoch):
+            state, metrics = batch_step(state, images, labels, loss_fn=loss_fn, transform=transform)
+            step, position = step + 1, position + 1
+            chunk.append((metrics, count))
+            if len(chunk) == log_every:
+                chunk_start, chunk, first = read(chunk, chunk_start, first), [], position
+                if checkpointer is not None and checkpointer.due(step):
+                    checkpointer.save(state, Progress(epoch, position, totals.loss_sum, totals.accuracy_sum,
+                                                      data_state))
+        if position == 0:
+            raise streams.StreamError(f"{stream.argument}: the stream gave no batch in epoch {epoch + 1}")
+        if chunk:
+            chunk_start = read(chunk, chunk_start, first)
+        bar.close()
+        entry = {"kind": "epoch", "step": step, "epoch": epoch, "loss": totals.loss_sum / position,
+                 "accuracy": totals.accuracy_sum / position}
+        if test is not None:
+            scores = (evaluate(state, test, batch_size=test_batch_size, mesh=mesh, transform=transform,
+                               host_malloc=host_malloc, loss_fn=loss_fn) if streams.is_stream(test) else
+                      evaluate(state, *test, batch_size=test_batch_size, mesh=mesh, transform=transform,
+                               host_malloc=host_malloc, loss_fn=loss_fn))
+            entry.update(test_loss=scores["loss"], test_accuracy=scores["accuracy"])
+        entry.update(lr=totals.lr, seconds=time.perf_counter() - epoch_start, train_seconds=chunk_start - epoch_start)
+        record(entry)
+        history.append(entry)
+        report.line(epoch_line(entry, epochs))
+        if plateau_metric is not None:
+            state = place_state(state.replace(
+                opt_state=optim.step_plateau(state.opt_state, entry[plateau_metric])), mesh)
+        if checkpointer is not None and checkpointer.due(step, end_of_epoch=True):
+            checkpointer.save(state, Progress(epoch + 1, 0))
+        start = Progress(0, 0)
+    if checkpointer is not None:
+        checkpointer.wait()
+    return state, history
+
+
+def _named_failures(batches, stream: streams.Stream, position: int, epoch: int):
+    """``batches``, an error the stream raises named with the batch it was making."""
+    while True:
+        try:
+            item = next(batches)
+        except StopIteration:
+            return
+        except streams.StreamError:
+            raise
+        except Exception as error:
+            raise streams.StreamError(f"{stream.argument}: the stream raised {type(error).__name__} making batch "
+                                      f"{position + 1} of epoch {epoch + 1}: {error}; nothing of that step was "
+                                      "trained or saved") from error
+        position += 1
+        yield item
+
+
+class _BatchCheck:
+    """A stream's batches checked before they reach a step: the first against the model
+    (and ``transform``) and ``batch_size`` if given; every later one against the
+    first's shapes (a smaller last batch allowed, as ``DataLoader`` makes it)."""
+
+    def __init__(self, state: TrainState, argument: str, batch_size: int | None, transform):
+        self.state, self.argument, self.batch_size, self.transform = state, argument, batch_size, transform
+        self.shape = None
+
+    def __call__(self, batch, index: int, epoch: int):
+        images, labels = streams.as_batch(batch, index + 1, self.argument)
+        where = f"{self.argument}: batch {index + 1} of epoch {epoch + 1}"
+        if self.shape is None:
+            if self.batch_size is not None and images.shape[0] != self.batch_size:
+                raise streams.StreamError(f"{where} has {images.shape[0]} examples, but batch_size={self.batch_size} "
+                                          "(a stream's batches set the batch size: leave batch_size out)")
+            try:
+                if self.transform is not None:
+                    check_transform(self.state, images, labels, self.transform)
+                else:
+                    self.state.model.check_images(images, "images")
+                    check_batch(self.state, (images, labels), class_labels=True)
+            except (TypeError, ValueError) as error:
+                raise streams.StreamError(f"{where}: {error}") from None
+            self.shape = images.shape
+        elif images.shape[1:] != self.shape[1:] or images.shape[0] > self.shape[0]:
+            raise streams.StreamError(f"{where} has images {images.shape}, the first batch {self.shape}; a stream's "
+                                      "batches keep one shape (the last may be smaller)")
+        if not np.issubdtype(labels.dtype, np.integer):
+            raise streams.StreamError(f"{where} has {labels.dtype} labels; class labels are integers")
+        return images, labels.astype(np.int32)
+
+
 @dataclasses.dataclass
 class _EpochTotals:
     """An epoch's running sums of its steps' losses and accuracies, and the rate of
@@ -310,9 +457,8 @@ def _report_chunk(chunk, chunk_start: float, epoch: int, totals: _EpochTotals, b
 
     Raises `NonFiniteLossError` naming the first step whose loss is NaN or infinite.
     """
-    first, rows, metrics, step = chunk
+    first, count, samples, metrics, step = chunk   # the metrics may be padded past ``count`` (`padded_steps`)
     losses, accuracies, lr = jax.device_get((metrics["loss"], metrics["accuracy"], metrics.get("lr")))
-    count = rows.shape[0]   # the metrics may be padded past the chunk's steps (`padded_steps`)
     losses, accuracies = np.asarray(losses, np.float64)[:count], np.asarray(accuracies, np.float64)[:count]
     lr = None if lr is None else np.asarray(lr)[:count]
     # The rate of the chunk's last step, as the shortest decimal its dtype rounds back to (0.01, not
@@ -332,7 +478,7 @@ def _report_chunk(chunk, chunk_start: float, epoch: int, totals: _EpochTotals, b
     now = time.perf_counter()
     seconds = now - chunk_start
     bar.update(len(losses))
-    bar.set_postfix(loss=f"{losses.mean():.4f}", samples_per_s=f"{rows.size / max(seconds, 1e-9):.0f}")
+    bar.set_postfix(loss=f"{losses.mean():.4f}", samples_per_s=f"{samples / max(seconds, 1e-9):.0f}")
     entry = {"kind": "step", "step": step, "epoch": epoch, "loss": float(losses.mean()),
              "accuracy": float(accuracies.mean()), "lr": totals.lr, "seconds": seconds}
     if step_losses:

@@ -29,7 +29,7 @@ import numpy as np
 import optax
 from jax.sharding import Mesh
 
-from funcnets import augment, cpu, host_memory, keys, layers, losses, optim, parallel
+from funcnets import augment, cpu, host_memory, keys, layers, losses, optim, parallel, streams
 from funcnets.models import Model, ModelState, Params, Variables
 
 Batch = tuple[Any, Any]
@@ -167,7 +167,7 @@ def _check_model_state(model: Model, model_state) -> None:
         raise ValueError(f"model state does not fit {model.name}: expected shapes {expected}, got {got}")
 
 
-def _check_batch(state: TrainState, batch, *, class_labels: bool) -> tuple[Any, Any]:
+def check_batch(state: TrainState, batch, *, class_labels: bool) -> tuple[Any, Any]:
     if not isinstance(state, TrainState):
         raise TypeError(f"state must be a funcnets TrainState (funcnets.create_train_state), "
                         f"got {type(state).__name__}")
@@ -195,7 +195,7 @@ def _check_batch(state: TrainState, batch, *, class_labels: bool) -> tuple[Any, 
     return images, labels
 
 
-def _check_transform(state: TrainState, images, labels, transform) -> None:
+def check_transform(state: TrainState, images, labels, transform) -> None:
     """Raises a clear error, before any tracing of a step, for a ``transform`` that is
     not hashable or does not make the model's images from ``images``."""
     try:
@@ -211,7 +211,7 @@ def _check_transform(state: TrainState, images, labels, transform) -> None:
     made = jax.eval_shape(lambda x: augment.apply(transform, x, jax.random.key(0)),
                           jax.ShapeDtypeStruct((1, *shape[1:]), dtype))
     state.model.check_images(made, "transform(images)")
-    _check_batch(state, (jax.ShapeDtypeStruct((shape[0], *made.shape[1:]), made.dtype), labels), class_labels=True)
+    check_batch(state, (jax.ShapeDtypeStruct((shape[0], *made.shape[1:]), made.dtype), labels), class_labels=True)
 
 
 def _metrics(loss, outputs, labels, class_labels: bool) -> Metrics:
@@ -331,7 +331,7 @@ def make_train_step(loss_fn: losses.LossFn | str | None = None) -> Callable[[Tra
     step = _jit_with_options(functools.partial(apply_step, loss_fn=loss_fn))
 
     def train_step(state: TrainState, batch: Batch) -> tuple[TrainState, Metrics]:
-        images, labels = _check_batch(state, batch, class_labels=loss_fn is None)
+        images, labels = check_batch(state, batch, class_labels=loss_fn is None)
         return step(state, images, labels)
 
     train_step.jitted = step
@@ -351,7 +351,7 @@ def make_eval_step(loss_fn: losses.LossFn | str | None = None) -> Callable[[Trai
         return _metrics(objective(outputs, labels), outputs, labels, class_labels)
 
     def eval_step(state: TrainState, batch: Batch) -> Metrics:
-        images, labels = _check_batch(state, batch, class_labels=loss_fn is None)
+        images, labels = check_batch(state, batch, class_labels=loss_fn is None)
         return step(state, images, labels)
 
     eval_step.jitted = step
@@ -402,18 +402,26 @@ def uses_scan(model: Model) -> bool:
 
 
 def _step_on_rows(state, images, labels, rows, loss_fn, transform=None):
-    """`apply_step` on the examples ``rows``; the metrics add ``"lr"``, the rate the
-    step used, when the optimizer keeps it (`funcnets.optim.learning_rate`)."""
+    """`_step_on_batch` on the examples ``rows`` of a device-resident split."""
+    return _step_on_batch(state, images[rows], labels[rows], loss_fn, transform)
+
+
+def _step_on_batch(state, images, labels, loss_fn, transform=None):
+    """`apply_step` on a batch, through ``transform`` when one is given (a random one,
+    `funcnets.augment`, draws from the step's augmentation key); the metrics add
+    ``"lr"``, the rate the step used, when the optimizer keeps it
+    (`funcnets.optim.learning_rate`)."""
     key = augment.step_key(state.rng, state.step) if getattr(transform, "random", False) else None
-    state, metrics = apply_step(state, _batch_images(images, rows, transform, key), labels[rows], loss_fn)
+    state, metrics = apply_step(state, augment.apply(transform, images, key), labels, loss_fn)
     lr = optim.learning_rate(state.opt_state)
     return state, metrics if lr is None else {**metrics, "lr": lr}
 
 
-def _batch_images(images, rows, transform, key=None):
-    """``images[rows]``, through ``transform`` when one is given (`run_steps`; a random one,
-    `funcnets.augment`, draws from the step's augmentation ``key``)."""
-    return augment.apply(transform, images[rows], key)
+@functools.partial(_jit_with_options, static_argnames=("loss_fn", "transform"), donate_argnums=(0,))
+def batch_step(state, images, labels, loss_fn=None, transform=None):
+    """One training step on a batch that is already on the device (a stream's,
+    `funcnets.streams`): `_step_on_batch`, jitted, the state donated."""
+    return _step_on_batch(state, images, labels, loss_fn, transform)
 
 
 @functools.partial(_jit_with_options, static_argnames=("loss_fn", "transform"), donate_argnums=(0,))
@@ -554,9 +562,9 @@ def device_split(state: TrainState, images, labels, batch_size: int, argument: s
     if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
         raise ValueError(f"{argument} must be a positive integer, got {batch_size!r}")
     if transform is not None:
-        _check_transform(state, images, labels, transform)
+        check_transform(state, images, labels, transform)
     else:
-        images, labels = _check_batch(state, (images, labels), class_labels=True)
+        images, labels = check_batch(state, (images, labels), class_labels=True)
     if images.shape[0] == 0:
         raise ValueError("images is empty")
     if mesh is not None:
@@ -564,12 +572,24 @@ def device_split(state: TrainState, images, labels, batch_size: int, argument: s
     return jax.device_put(images), jax.device_put(labels)
 
 
+def device_batch(batch, mesh: Mesh | None):
+    """A host batch ``(images, labels)`` on the device: split over ``mesh``'s data axis when
+    given (each process's rows its own part of the global batch), else on the default device."""
+    if mesh is None:
+        return jax.device_put(batch)
+    shardings = (parallel.batch_sharded(mesh, batch[0].ndim), parallel.batch_sharded(mesh))
+    if jax.process_count() > 1:
+        return tuple(jax.make_array_from_process_local_data(s, x) for s, x in zip(shardings, batch))
+    return jax.device_put(batch, shardings)
+
+
 def place_state(state: TrainState, mesh: Mesh | None) -> TrainState:
     """``state`` replicated on ``mesh`` (unchanged without one)."""
     return state if mesh is None else parallel.replicate(state, mesh)
 
 
-def train_epoch(state: TrainState, images, labels, *, batch_size: int, rng: jax.Array | None = None,
+def train_epoch(state: TrainState, images, labels=None, *, batch_size: int | None = None,
+                rng: jax.Array | None = None,
                 drop_last: bool = False, scan: bool | None = None, mesh: Mesh | None = None,
                 transform: Callable | None = None, host_malloc: str | None = None,
                 loss_fn: losses.LossFn | str | None = None) -> tuple[TrainState, Metrics]:
@@ -582,8 +602,11 @@ def train_epoch(state: TrainState, images, labels, *, batch_size: int, rng: jax.
     Args:
       state: the train state; donated (use the returned one).
       images, labels: the split: normalised float images (NHWC) and int labels
-        (or images as loaded, with ``transform``).
-      batch_size: examples per step.
+        (or images as loaded, with ``transform``); or ``images`` a stream of
+        batches and no ``labels`` (`funcnets.streams`: one pass, in its order,
+        each batch put on the device a step ahead; ``rng``, ``drop_last`` and
+        ``scan`` are the arrays path's).
+      batch_size: examples per step (a stream's batches set their own).
       rng: the key of this epoch's order; None: ``0..n-1`` (``shuffle=False``).
       drop_last: leave out the last, smaller batch.
       scan: one loop program (True) or a jitted step per batch (False);
@@ -612,6 +635,10 @@ def train_epoch(state: TrainState, images, labels, *, batch_size: int, rng: jax.
     ((4,), 4)
     """
     loss_fn = losses.resolve(loss_fn)
+    if streams.is_stream(images) and labels is None:
+        return _train_stream(state, streams.Stream(images, "images"), mesh, transform, loss_fn, host_malloc)
+    if batch_size is None:
+        raise TypeError("train_epoch() needs batch_size for a whole split (a stream's batches set their own)")
     if mesh is not None:
         parallel.check_batch_size(batch_size, mesh)
     images, labels = device_split(state, images, labels, batch_size, mesh=mesh, transform=transform)
@@ -625,6 +652,31 @@ def train_epoch(state: TrainState, images, labels, *, batch_size: int, rng: jax.
                                    loss_fn=loss_fn)
         history.append(metrics)
     return state, jax.tree.map(lambda *m: jnp.concatenate(m), *history)
+
+
+def _train_stream(state: TrainState, stream: streams.Stream, mesh, transform, loss_fn, host_malloc):
+    """`train_epoch` over one pass of a stream (`batch_step` per batch, the next batch
+    copied to the device meanwhile): ``(state, per-step metrics)``."""
+    host_memory.for_cpu_steps(host_malloc, host_memory.say_on_stderr)
+    state = place_state(state, mesh)
+
+    def put(batch, index=[0]):   # noqa: B006 (the producer thread's batch counter)
+        index[0] += 1
+        images, labels = streams.as_batch(batch, index[0], stream.argument)
+        if index[0] == 1:
+            if transform is not None:
+                check_transform(state, images, labels, transform)
+            else:
+                state.model.check_images(images, "images")
+        return device_batch((images, labels.astype(np.int32)), mesh)
+
+    history = []
+    for images, labels in streams.prefetch(stream.iterator(0), put):
+        state, metrics = batch_step(state, images, labels, loss_fn=loss_fn, transform=transform)
+        history.append(metrics)
+    if not history:
+        raise streams.StreamError(f"{stream.argument}: the stream gave no batch")
+    return state, jax.tree.map(lambda *m: jnp.stack(m), *history)
 
 
 def _batch_sums(state, images, labels, loss_fn, transform=None):
@@ -656,7 +708,27 @@ def _eval_split(state, images, labels, batch_size: int, loss_fn=None, transform=
     return jax.tree.map(lambda *parts: jnp.concatenate(parts), *sums)
 
 
-def evaluate(state: TrainState, images, labels, *, batch_size: int = 1000, mesh: Mesh | None = None,
+def _evaluate_stream(state: TrainState, stream: streams.Stream, mesh, transform, loss_fn) -> dict[str, float]:
+    """`evaluate` over one pass of a stream: each batch's loss times its size and its correct
+    answers, summed in float64 on the host, over all its examples."""
+    state = place_state(state, mesh)
+
+    def put(batch, index=[0]):   # noqa: B006 (the producer thread's batch counter)
+        index[0] += 1
+        images, labels = streams.as_batch(batch, index[0], stream.argument)
+        return device_batch((images, labels.astype(np.int32)), mesh), labels.shape[0]
+
+    sums, n = [], 0
+    for (images, labels), size in streams.prefetch(stream.iterator(0), put):
+        sums.append(_eval_sums(state, images, labels, loss_fn=loss_fn, transform=transform))
+        n += size
+    if not n:
+        raise streams.StreamError(f"{stream.argument}: the stream gave no batch to evaluate")
+    loss_sum, correct = (np.asarray(part, np.float64).sum() for part in zip(*jax.device_get(sums)))
+    return {"loss": float(loss_sum / n), "accuracy": float(correct / n)}
+
+
+def evaluate(state: TrainState, images, labels=None, *, batch_size: int = 1000, mesh: Mesh | None = None,
              transform: Callable | None = None, host_malloc: str | None = None,
              loss_fn: losses.LossFn | str | None = None) -> dict[str, float]:
     """Loss and accuracy over a whole split, dropout off::
@@ -670,7 +742,9 @@ def evaluate(state: TrainState, images, labels, *, batch_size: int = 1000, mesh:
     Args:
       state: the train state (not donated).
       images, labels: the split: normalised float images (NHWC) and int labels
-        (or images as loaded, with ``transform``).
+        (or images as loaded, with ``transform``); or ``images`` a stream of
+        ``(images, labels)`` batches and no ``labels`` (`funcnets.streams`; its
+        batches are the evaluation's).
       batch_size: examples per forward pass (the tutorials' test batch size).
       mesh: split the batches that divide by its device count over it.
         Without one, the whole split is one program (``lax.map`` over the batches).
@@ -688,6 +762,8 @@ def evaluate(state: TrainState, images, labels, *, batch_size: int = 1000, mesh:
     ['accuracy', 'loss']
     """
     loss_fn = losses.resolve(loss_fn)
+    if streams.is_stream(images) and labels is None:
+        return _evaluate_stream(state, streams.Stream(images, "images"), mesh, transform, loss_fn)
     images, labels = device_split(state, images, labels, batch_size, mesh=mesh, transform=transform)
     host_memory.for_cpu_steps(host_malloc, host_memory.say_on_stderr)
     state = place_state(state, mesh)
