@@ -4,8 +4,9 @@ Started twice, with ``JAX_COORDINATOR_ADDRESS``, ``JAX_NUM_PROCESSES=2`` and
 ``JAX_PROCESS_ID`` set. Each process loads only its shard of the digits, trains
 `STEPS` steps of SGD on global batches of `GLOBAL_BATCH` (its own `LOCAL_BATCH`
 rows each), then runs `fit` over a mesh spanning both processes, and an epoch on
-the per-step loop path (the CNNs' path on the CPU) with `evaluate`, and `fit`
-of a batch-norm net (its running statistics from the global batches), and writes
+the per-step loop path (the CNNs' path on the CPU) with `evaluate`, `fit`
+of a batch-norm net (its running statistics from the global batches), and `fit`
+over a stream whose batches each process reads half of (`stream_batches`), and writes
 the resulting params and metrics to ``<out>/process<id>.npz``.
 """
 
@@ -62,6 +63,21 @@ def loop_epoch_run(state, mesh=None):
                                                                            mesh=mesh)
 
 
+def stream_batches(process: int = 0, processes: int = 1):
+    """`fit_split` as a stream of global batches of `GLOBAL_BATCH` consecutive rows, each
+    process given its own `GLOBAL_BATCH // processes` rows of every batch."""
+    images, labels = fit_split()
+    local = GLOBAL_BATCH // processes
+    return [(images[k + process * local:k + (process + 1) * local], labels[k + process * local:k + (process + 1) * local])
+            for k in range(0, FIT_EXAMPLES, GLOBAL_BATCH)]
+
+
+def stream_run(state, mesh=None, process: int = 0, processes: int = 1):
+    """`fit` over `stream_batches`: ``(state, history)``."""
+    return fn.fit(state, stream_batches(process, processes), epochs=1, rng=jax.random.key(3),
+                  report=fn.loop.Report.silent(), mesh=mesh)
+
+
 def _host(tree):
     return {name: {k: np.asarray(v.addressable_data(0)) for k, v in layer.items()} for name, layer in tree.items()}
 
@@ -77,12 +93,16 @@ def main(out: str) -> None:
     fitted, history = fit_run(state_for_run(), mesh)
     looped, loop_losses, evaluation = loop_epoch_run(state_for_run(), mesh)
     normed, _ = fit_run(bn_state_for_run(), mesh)
+    streamed, stream_history = stream_run(state_for_run(), mesh, info.process_id, info.num_processes)
     arrays = {f"step/{name}/{k}": v for name, layer in _host(state.params).items() for k, v in layer.items()}
     arrays.update({f"fit/{name}/{k}": v for name, layer in _host(fitted.params).items() for k, v in layer.items()})
     arrays.update({f"loop/{name}/{k}": v for name, layer in _host(looped.params).items() for k, v in layer.items()})
+    arrays.update({f"stream/{name}/{k}": v for name, layer in _host(streamed.params).items()
+                   for k, v in layer.items()})
     arrays.update({f"bn/{name}/{k}": v for tree in (normed.params, normed.model_state)   # params, running stats
                    for name, layer in _host(tree).items() for k, v in layer.items()})
     np.savez(f"{out}/process{info.process_id}.npz", rows=len(shard.labels), fit_loss=history[-1]["loss"],
+             stream_loss=stream_history[-1]["loss"],
              loop_losses=loop_losses, eval_loss=evaluation["loss"], eval_accuracy=evaluation["accuracy"], **arrays)
     fn.parallel.shutdown()
 

@@ -75,7 +75,7 @@ def test_two_processes_train_as_one_on_the_same_global_batches(tmp_path):
     results = [np.load(tmp_path / f"process{i}.npz") for i in range(2)]
     assert [int(r["rows"]) for r in results] == [718, 719]  # 1,437 rows, none dropped
 
-    for prefix in ("step", "fit", "loop"):
+    for prefix in ("step", "fit", "loop", "stream"):
         first, second = _params(results[0], prefix), _params(results[1], prefix)
         jax.tree.map(np.testing.assert_array_equal, first, second)
 
@@ -101,6 +101,12 @@ def test_two_processes_train_as_one_on_the_same_global_batches(tmp_path):
     np.testing.assert_allclose(results[0]["loop_losses"], loop_losses, rtol=0, atol=1e-6)
     assert float(results[0]["eval_accuracy"]) == evaluation["accuracy"] == float(results[1]["eval_accuracy"])
     assert float(results[0]["eval_loss"]) == pytest.approx(evaluation["loss"], abs=1e-6)
+
+    # A stream, each process reading its half of every global batch: one process on the whole batches
+    streamed, stream_history = parallel_process.stream_run(parallel_process.state_for_run())
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=0, atol=1e-6),
+                 _params(results[0], "stream"), jax.device_get(streamed.params))
+    assert float(results[0]["stream_loss"]) == pytest.approx(stream_history[-1]["loss"], abs=1e-6)
 
     # Batch norm over two processes: the statistics of the global batch (SyncBatchNorm), as one process
     normed, _ = parallel_process.fit_run(parallel_process.bn_state_for_run())
