@@ -1,8 +1,9 @@
 """A small real training run for the exact-resume test: ``python tests/resume_run.py OUT MODEL [--resume]``.
 
 Trains MODEL (a funcnets net, ``flax_cnn``: a Flax Linen CNN with dropout,
-``bn_mlp``: an MLP with batch norm and dropout, or one of module_nets.py's Linen, NNX
-and Equinox CNNs with batch norm and dropout: ``linen_bn``, ``nnx_bn``, ``eqx_bn``) on the bundled digits with checkpoints every 4 steps under OUT/ckpt,
+``bn_mlp``: an MLP with batch norm and dropout, one of module_nets.py's Linen, NNX
+and Equinox CNNs with batch norm and dropout: ``linen_bn``, ``nnx_bn``, ``eqx_bn``, or
+``grain_mlp``: the MLP trained from a Grain stream, its iterator checkpointed) on the bundled digits with checkpoints every 4 steps under OUT/ckpt,
 metrics in OUT/metrics.jsonl, final params (and model state) in OUT/params.npz. Each epoch line
 sleeps a little so that a test can kill the process while it trains.
 """
@@ -37,6 +38,8 @@ def model_of(name: str):
                                     L.Dropout(0.2), ("fc2", L.Linear(32, 10)), input_shape=(28, 28, 1), name=name)
     if name in module_nets.NAMES:
         return module_nets.model_of(name)
+    if name == "grain_mlp":
+        return fn.models.get("mnist_mlp")
     return fn.models.get(name)
 
 
@@ -54,7 +57,14 @@ def main(out: str, model_name: str, resume: bool) -> None:
 
     with fn.checkpoint.Checkpointer(f"{out}/ckpt", save_every_steps=4, max_to_keep=2, resume=resume,
                                     config={"model": model_name, "optimizer": "adam"}) as ckpt:
-        state, _ = fn.fit(state, (images, train.labels[:n]),
+        labels = train.labels[:n]
+        split = (images, labels)
+        if model_name == "grain_mlp":   # a stream: each epoch a Grain dataset in its own order
+            import grain
+
+            split = lambda epoch: grain.MapDataset.range(n).shuffle(seed=epoch).map(  # noqa: E731
+                lambda i: (images[i], labels[i])).batch(50)
+        state, _ = fn.fit(state, split,
                           (fn.data.normalize(test.images, test.info), test.labels),
                           epochs=6, batch_size=50, rng=jax.random.key(1), log_every=2,
                           report=fn.loop.Report(metrics_path=f"{out}/metrics.jsonl", progress=False, log=slow_log),
