@@ -60,6 +60,7 @@ def digits():
     return train.images[:256], train.labels[:256], train.info
 
 
+@pytest.mark.slow   # 15 s on 2 cores; CI runs the slow tests
 def test_fit_augments_training_batches_only_and_resumes_exactly(digits, tmp_path):
     images, labels, info = digits
     augmented = D.Compose([D.RandomCrop(28, padding=2), D.RandomHorizontalFlip(), D.Normalize.of(info)])

@@ -94,7 +94,7 @@ def _library_forward(name, back, x):
     return out
 
 
-@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("name", ["nnx_bn", "eqx_bn", pytest.param("linen_bn", marks=pytest.mark.slow)])
 def test_the_trained_module_comes_back_to_its_library(name, digits, tmp_path):
     images, labels = digits
     model = model_of(name)

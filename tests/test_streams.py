@@ -118,6 +118,7 @@ def test_a_grain_stream_resumes_exactly_mid_epoch(digits, tmp_path):
     assert [h["loss"] for h in again] == [h["loss"] for h in history[1:]]
 
 
+@pytest.mark.slow   # CI runs the slow tests
 def test_a_stream_without_state_restarts_the_epoch_and_says_so(digits, tmp_path):
     x, y = digits
 
