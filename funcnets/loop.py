@@ -203,15 +203,7 @@ def fit(state: TrainState, train, test=None, *, epochs: int, batch_size: int | N
     if epoch_steps == 0:
         raise ValueError(f"batch_size {batch_size} with drop_last leaves no step in {n} examples")
 
-    start = Progress(0, 0)
-    resume = checkpointer is not None and checkpointer.resume
-    if resume:
-        restored = checkpointer.restore_latest(state)
-        if restored is not None:
-            state, start = restored
-            if start.position >= epoch_steps:
-                start = Progress(start.epoch + 1, 0)
-            report.line(f"Resumed from step {int(state.step)} (epoch {start.epoch + 1}, batch {start.position})")
+    state, start, resume = _restored(state, checkpointer, report, epoch_steps)
     state = place_state(state, mesh)
     record = MetricsLog(report.metrics_path, resume_step=int(state.step) if resume else None).write
 
@@ -312,13 +304,7 @@ def _fit_stream(state: TrainState, stream: streams.Stream, test, *, epochs: int,
     if test is not None and not streams.is_stream(test) and (not isinstance(test, (tuple, list)) or len(test) != 2):
         raise TypeError("test must be a pair (images, labels) or a stream")
     host_memory.for_cpu_steps(host_malloc, report.log)
-    start = Progress(0, 0)
-    resume = checkpointer is not None and checkpointer.resume
-    if resume:
-        restored = checkpointer.restore_latest(state)
-        if restored is not None:
-            state, start = restored
-            report.line(f"Resumed from step {int(state.step)} (epoch {start.epoch + 1}, batch {start.position})")
+    state, start, resume = _restored(state, checkpointer, report)
     state = place_state(state, mesh)
     record = MetricsLog(report.metrics_path, resume_step=int(state.step) if resume else None).write
     check = _BatchCheck(state, stream.argument, batch_size, transform)
@@ -388,6 +374,22 @@ def _fit_stream(state: TrainState, stream: streams.Stream, test, *, epochs: int,
     if checkpointer is not None:
         checkpointer.wait()
     return state, history
+
+
+def _restored(state: TrainState, checkpointer: Checkpointer | None, report: Report,
+              epoch_steps: int | None = None) -> tuple[TrainState, Progress, bool]:
+    """``(state, where to start, whether resuming)``: the newest checkpoint's when the
+    checkpointer resumes and has one (an epoch of ``epoch_steps`` done moves on to the next)."""
+    start = Progress(0, 0)
+    resume = checkpointer is not None and checkpointer.resume
+    if resume:
+        restored = checkpointer.restore_latest(state)
+        if restored is not None:
+            state, start = restored
+            if epoch_steps is not None and start.position >= epoch_steps:
+                start = Progress(start.epoch + 1, 0)
+            report.line(f"Resumed from step {int(state.step)} (epoch {start.epoch + 1}, batch {start.position})")
+    return state, start, resume
 
 
 def _named_failures(batches, stream: streams.Stream, position: int, epoch: int):
