@@ -105,7 +105,7 @@ def fit(state: TrainState, train, test=None, *, epochs: int, batch_size: int | N
         report: Report = Report(), checkpointer: Checkpointer | None = None, mesh: Mesh | None = None,
         transform: Callable | None = None, host_malloc: str | None = None, plateau_metric: str = "test_loss",
         loss_fn: losses.LossFn | str | None = None, **moved) -> tuple[TrainState, list[dict]]:
-    """Train for ``epochs`` epochs on ``train = (images, labels)``, evaluating on ``test``.
+    """Train for ``epochs`` epochs on ``train = (images, labels)`` (or a stream), evaluating on ``test``.
 
     Each epoch visits ``train`` in the order ``epoch_order(n, fold_in(rng, epoch))``,
     in batches of ``batch_size`` as ``DataLoader(batch_size, shuffle, drop_last)``
@@ -114,7 +114,12 @@ def fit(state: TrainState, train, test=None, *, epochs: int, batch_size: int | N
     Args:
       state: from `funcnets.create_train_state`; donated (use the returned one).
       train, test: whole splits, normalised float images and int labels (or the
-        images as loaded, with ``transform``); put on the device once.
+        images as loaded, with ``transform``); put on the device once. Or a stream
+        of batches (`funcnets.streams`: a Grain dataset or loader, a torch
+        ``DataLoader`` through ``funcnets.data.from_torch``, any iterable, or a
+        function of the epoch): each epoch one pass of it, in its order, its
+        batches setting the batch size; a Grain iterator's state is checkpointed.
+      batch_size: examples per step of a whole split (checked against a stream's).
       rng: the key of the data order (epoch ``e`` uses ``fold_in(rng, e)``).
       log_every: steps between host syncs, metrics records and progress updates.
       report: what is reported, and where (`Report`: metrics file, progress
