@@ -37,6 +37,8 @@ def is_stream(data) -> bool:
     """Whether ``data`` is a stream rather than a whole split ``(images, labels)``."""
     if isinstance(data, (tuple, list)) and len(data) == 2 and all(hasattr(part, "shape") for part in data):
         return False
+    if hasattr(data, "images") and hasattr(data, "labels"):   # a funcnets.data.Dataset: a split, not a stream
+        return False
     return data is not None and (hasattr(data, "__iter__") or callable(data))
 
 
