@@ -179,6 +179,7 @@ def test_batch_norm_on_a_mesh_is_sync_batch_norm():
     assert int(model_state["bn1"]["num_batches_tracked"]) == 4
 
 
+@pytest.mark.slow   # run by test_parallel's slow case (CI runs both)
 @pytest.mark.parametrize("name", ["linen_bn", "nnx_bn", "eqx_bn"])
 def test_flax_and_equinox_modules_on_a_mesh_match_one_device(name):
     """Linen (batch_stats), NNX and Equinox modules with batch norm and dropout

@@ -79,11 +79,13 @@ def assert_float64_parity(ours, theirs, our_params, their_params):
     pytest.param(OptimizerSpec("rmsprop", {"lr": 1e-3}), marks=pytest.mark.slow),
     OptimizerSpec("adam", {"lr": 1e-3}),
 ], ids=lambda s: s.label() if isinstance(s, OptimizerSpec) else None)
+@pytest.mark.parametrize("layer_path", ["cpu-fast-paths", pytest.param("plain-xla", marks=pytest.mark.slow)],
+                         indirect=True)
 def test_exact_semantics_in_float64_on_the_cifar_cnn(spec, x64, layer_path):
     """The cases whose float32 curves are ulp-chaotic on this net (see
     test_curves) agree to rounding in float64: the float32 gaps are not semantics.
-    On both of the layers' paths (CPU fast paths and plain XLA); Adam in the
-    default run, the rest with the slow tests (~25 s each)."""
+    On both of the layers' paths (CPU fast paths and plain XLA); Adam on the fast
+    paths in the default run, the rest with the slow tests (~20 s each)."""
     pytest.importorskip("torch")
     model = fn.models.get("cifar_cnn")
     state_dict, batches = numpy_init(model, 0, np.float64), synthetic_batches(model, 10, 4, 1, np.float64)
