@@ -281,9 +281,9 @@ def _from_nnx(module, input_shape, outputs, name) -> models.Model:
 
     def init(key):
         del key   # the module's weights were drawn when it was built
-        return initial if stateful else initial.params
+        return initial   # Variables(params, {}) for a module without state: has_state is then False
 
-    def run(params, state, x, train, rng):
+    def apply(params, state, x, *, train, rng):
         streams = step_streams(rng) if train and rng is not None else rng_treedef.unflatten(rng_template)
         net = nnx.merge(train_graph if train else eval_graph, param_names.tree(params), streams,
                         state_names.tree(state))
@@ -294,13 +294,6 @@ def _from_nnx(module, input_shape, outputs, name) -> models.Model:
         if not train:
             return out, state
         return out, state_names.named(nnx.split(net, nnx.Param, nnx.RngState, ...)[3])
-
-    if stateful:
-        def apply(params, state, x, *, train, rng):
-            return run(params, state, x, train, rng)
-    else:
-        def apply(params, x, *, train, rng):
-            return run(params, {}, x, train, rng)[0]
 
     source = _Source("nnx", stateful=stateful, rebuild=lambda params, state: nnx.merge(
         graph, param_names.tree(params), rng_state, state_names.tree(state)))
@@ -411,9 +404,9 @@ def from_equinox(module, state=None, *, input_shape: tuple[int, ...], outputs: O
 
     def init(key):
         del key   # the module's weights were drawn when it was built
-        return initial if stateful else initial.params
+        return initial   # Variables(params, {}) for a module without state: has_state is then False
 
-    def run(named_params, named_state, x, train, rng):
+    def apply(named_params, named_state, x, *, train, rng):
         net = eqx.combine(param_names.tree(named_params), train_static if train else eval_static)
         if moves_channels:
             x = jnp.moveaxis(x, -1, 1)
@@ -426,13 +419,6 @@ def from_equinox(module, state=None, *, input_shape: tuple[int, ...], outputs: O
         out, new_state = jax.vmap(call, in_axes=(0, None, key_axis), out_axes=(0, None),
                                   axis_name="batch")(x, to_eqx_state(named_state), keys)
         return out, (from_eqx_state(new_state) if train else named_state)
-
-    if stateful:
-        def apply(named_params, named_state, x, *, train, rng):
-            return run(named_params, named_state, x, train, rng)
-    else:
-        def apply(named_params, x, *, train, rng):
-            return run(named_params, {}, x, train, rng)[0]
 
     def rebuild(named_params, named_state):
         trained = eqx.combine(param_names.tree(named_params), static)
