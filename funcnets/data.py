@@ -30,6 +30,7 @@ labels that do not match the images) raises `CorruptDatasetError` naming it.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import gzip
 import logging
 import os
@@ -43,7 +44,7 @@ import numpy as np
 from funcnets import download as _download
 from funcnets import imagefolder
 from funcnets.augment import Compose, RandomCrop, RandomHorizontalFlip  # noqa: F401 (fn.data.<transform>)
-from funcnets.streams import from_torch  # noqa: F401 (fn.data.from_torch)
+from funcnets.streams import allow_grain_workers, from_torch  # noqa: F401 (fn.data.<name>)
 
 SPLITS = ("train", "test")
 
@@ -449,8 +450,8 @@ def _load_cifar_folder(split: str, tree: pathlib.Path, folder_cache: pathlib.Pat
 
 
 def image_folder(root: str | os.PathLike, split: str = "train", *, name: str | None = None,
-                 cache_dir: str | os.PathLike | None = None, shard: tuple[int, int] | None = None
-                 ) -> Dataset:
+                 cache_dir: str | os.PathLike | None = None, shard: tuple[int, int] | None = None,
+                 stream: bool = False) -> Dataset | FolderStream:
     """A class-folder data set of one's own, ``<root>/<split>/<class>/<image>``
     (torchvision's ``ImageFolder`` layout; ``root`` a folder or a ``.tar.gz``
     of one), decoded with Pillow once and cached (`funcnets.imagefolder`).
@@ -462,32 +463,78 @@ def image_folder(root: str | os.PathLike, split: str = "train", *, name: str | N
     ``cache_dir``: funcnets' cache (decoded splits in ``<cache_dir>/image_folders``;
     default ``~/.cache/funcnets``); ``False`` decodes every time and caches nothing.
 
+    ``stream=True``, for a split larger than memory: a `FolderStream` instead, a
+    Grain data source that decodes each image when it is read (in Grain's
+    worker processes), in the same order, with the same classes, labels and
+    ``info`` (its statistics computed on first use, one decoding pass over
+    ``train``, then cached).
+
     >>> import funcnets as fn
     >>> train = fn.data.image_folder("flowers", "train")        # doctest: +SKIP
     >>> x = fn.data.normalize(train.images, train.info)           # doctest: +SKIP
+    >>> source = fn.data.image_folder("big", "train", stream=True)  # doctest: +SKIP
+    >>> loader = grain.DataLoader(data_source=source, worker_count=2, ...)  # doctest: +SKIP
     """
     _check_shard(shard)
     root = pathlib.Path(root)
     folder_cache = cache_dir if cache_dir in (None, False) else pathlib.Path(cache_dir) / "image_folders"
     try:
+        if stream:
+            return FolderStream(root, split, name=name, cache_dir=folder_cache, shard=shard)
         decoded = imagefolder.read_split(root, split, cache_dir=folder_cache)
         train = decoded if split == "train" else imagefolder.read_split(root, "train", cache_dir=folder_cache)
     except FileNotFoundError as error:
         raise DatasetNotFoundError(str(error)) from None
     except imagefolder.ImageFolderError as error:
         raise CorruptDatasetError(str(error)) from None
-    if train.class_names != decoded.class_names:
-        raise CorruptDatasetError(f"{root}: the {split} split's classes {list(decoded.class_names)} differ "
-                                  f"from the train split's {list(train.class_names)}")
-    if train.images.shape[1:] != decoded.images.shape[1:]:
-        raise CorruptDatasetError(f"{root}: {split} images have shape {decoded.images.shape[1:]}, "
-                                  f"train images {train.images.shape[1:]}")
+    _check_like_train(root, split, decoded.class_names, decoded.images.shape[1:],
+                      train.class_names, train.images.shape[1:])
     mean, std = imagefolder.channel_stats(train.images)
     rows = shard_rows(len(decoded.labels), shard)
     source = decoded.source + ("" if shard is None else f", shard {shard[0]} of {shard[1]}")
     info = DatasetInfo(name or root.name.split(".")[0], split, len(decoded.class_names), decoded.class_names,
                        decoded.images.shape[1:], mean, tuple(max(s, 1e-12) for s in std), source)
     return Dataset(decoded.images[rows], decoded.labels[rows], info)
+
+
+def _check_like_train(root, split, class_names, shape, train_class_names, train_shape) -> None:
+    if train_class_names != class_names:
+        raise CorruptDatasetError(f"{root}: the {split} split's classes {list(class_names)} differ "
+                                  f"from the train split's {list(train_class_names)}")
+    if tuple(train_shape) != tuple(shape):
+        raise CorruptDatasetError(f"{root}: {split} images have shape {tuple(shape)}, "
+                                  f"train images {tuple(train_shape)}")
+
+
+class FolderStream(imagefolder.FolderSource):
+    """`image_folder(..., stream=True)`: a split read image by image
+    (`funcnets.imagefolder.FolderSource`: ``source[i] -> (image uint8 (H, W, C), label)``,
+    Grain's ``RandomAccessDataSource``) with the ``info`` of `image_folder`.
+
+    >>> source = fn.data.image_folder("big", "train", stream=True)          # doctest: +SKIP
+    >>> epoch = lambda e: grain.MapDataset.source(source).shuffle(seed=e).batch(64)  # doctest: +SKIP
+    """
+
+    def __init__(self, root: pathlib.Path, split: str, *, name: str | None, cache_dir, shard):
+        rows = slice(None)
+        super().__init__(root, split, cache_dir=cache_dir)
+        if shard is not None:
+            rows = shard_rows(len(self), shard)
+            self._rows = self._rows[rows]
+        self._train = self if split == "train" and shard is None else \
+            imagefolder.FolderSource(root, "train", cache_dir=cache_dir)
+        _check_like_train(root, split, self.class_names, self.image_shape,
+                          self._train.class_names, self._train.image_shape)
+        self._name = name or root.name.split(".")[0]
+        self.description += "" if shard is None else f", shard {shard[0]} of {shard[1]}"
+
+    @functools.cached_property
+    def info(self) -> DatasetInfo:
+        """The split's `DatasetInfo`; ``mean``/``std`` of the ``train`` split (one
+        decoding pass over it the first time, then from the cache)."""
+        mean, std = self._train.channel_stats()
+        return DatasetInfo(self._name, self.split, len(self.class_names), self.class_names, self.image_shape,
+                           mean, tuple(max(s, 1e-12) for s in std), self.description)
 
 
 def _read_cifar_pickle(path: pathlib.Path):

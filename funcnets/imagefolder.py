@@ -98,17 +98,28 @@ def _as_given(path: pathlib.Path) -> str:
     return os.path.normpath(os.path.abspath(path))
 
 
+STATS_BLOCK = 4096   # images per float64 block of `channel_stats`
+
+
 def channel_stats(images: np.ndarray) -> tuple[tuple[float, ...], tuple[float, ...]]:
     """Per-channel mean and standard deviation on the 0-1 scale, over all
     pixels of ``images (N, H, W, C)`` (as ``transforms.Normalize`` constants
-    are computed), accumulated in float64 a block at a time."""
-    total = np.zeros(images.shape[-1])
-    squares = np.zeros(images.shape[-1])
-    for start in range(0, len(images), 4096):
-        block = images[start:start + 4096].astype(np.float64) / 255.0
+    are computed), accumulated in float64 a block of `STATS_BLOCK` images at a time."""
+    return block_stats(images[start:start + STATS_BLOCK] for start in range(0, len(images), STATS_BLOCK))
+
+
+def block_stats(blocks) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """`channel_stats` over an iterable of consecutive uint8 ``(n, H, W, C)`` blocks
+    (`STATS_BLOCK` images each but the last, for the same bits)."""
+    total = squares = None
+    count = 0
+    for block in blocks:
+        block = block.astype(np.float64) / 255.0
+        if total is None:
+            total, squares = np.zeros(block.shape[-1]), np.zeros(block.shape[-1])
         total += block.sum(axis=(0, 1, 2))
         squares += (block * block).sum(axis=(0, 1, 2))
-    count = images.shape[0] * images.shape[1] * images.shape[2]
+        count += block.shape[0] * block.shape[1] * block.shape[2]
     mean = total / count
     std = np.sqrt(np.maximum(squares / count - mean * mean, 0.0))
     return tuple(float(m) for m in mean), tuple(float(s) for s in std)
@@ -201,47 +212,77 @@ def _cache_key(root: pathlib.Path, split: str, entries) -> str:
 
 # --- decoding -----------------------------------------------------------------------
 
-def _decode(root: pathlib.Path, split: str):
+def _folder_files(root: pathlib.Path, split: str) -> list[tuple[str, str]]:
+    """``(class, path)`` of every image of an unpacked tree's split, in path order."""
+    files = []
+    for class_dir in sorted(p for p in (root / split).iterdir() if p.is_dir()):
+        for file in sorted(class_dir.iterdir()):
+            if file.is_file() and file.name.lower().endswith(IMAGE_SUFFIXES):
+                files.append((class_dir.name, str(file)))
+    return sorted(files, key=lambda f: f[1])
+
+
+def _archive_files(root: pathlib.Path, split: str) -> Iterator[tuple[str, str, bytes]]:
+    """``(class, shown name, encoded bytes)`` of each image of an archive's split, in
+    archive order, one member at a time; then the empty-class check."""
+    class_folders: set[str] = set()
+    classes_seen: set[str] = set()
+    for member, archive in _archive_members(root, split, class_folders=class_folders):
+        class_name, _ = _split_parts(member.name, split)
+        classes_seen.add(class_name)
+        yield class_name, f"{root}:{member.name}", archive.extractfile(member).read()
+    if classes_seen:
+        _refuse_empty_classes(f"{root}:{split}", class_folders, classes_seen)
+
+
+def decode_image(encoded: bytes, shown: str) -> np.ndarray:
+    """One encoded image as uint8 ``(H, W, C)``: ``L`` (and 1-bit, 16-bit grey) as one
+    channel, everything else as ``RGB``; `ImageFolderError` naming ``shown`` if Pillow cannot."""
     from PIL import Image
 
-    files: list[tuple[str, str, bytes]] = []   # (class, shown name, encoded bytes)
+    try:
+        with Image.open(io.BytesIO(encoded)) as image:
+            pixels = np.asarray(image.convert("L" if image.mode in ("L", "1", "I;16") else "RGB"))
+    except Exception as error:  # Pillow raises many kinds for a broken file
+        raise ImageFolderError(f"{shown}: cannot be decoded as an image: {error}") from None
+    return pixels[..., None] if pixels.ndim == 2 else pixels
+
+
+def _quality_of(encoded: bytes) -> int | None:
+    from PIL import Image
+
+    try:
+        with Image.open(io.BytesIO(encoded)) as image:
+            return jpeg_quality(image)
+    except Exception:  # decode_image names the broken file
+        return None
+
+
+def _shape_error(shown: str, shape, first: str, expected) -> ImageFolderError:
+    return ImageFolderError(f"{shown}: image of shape {tuple(shape)} (H, W, C), but the split's first image "
+                            f"{first} has {tuple(expected)}; every image of a split must have one shape")
+
+
+def _decode(root: pathlib.Path, split: str):
     if is_archive(root):
-        class_folders: set[str] = set()
-        for member, archive in _archive_members(root, split, class_folders=class_folders):
-            class_name, _ = _split_parts(member.name, split)
-            files.append((class_name, f"{root}:{member.name}", archive.extractfile(member).read()))
-        if files:
-            _refuse_empty_classes(f"{root}:{split}", class_folders, (c for c, _, _ in files))
+        files = list(_archive_files(root, split))
     else:
-        for class_dir in sorted(p for p in (root / split).iterdir() if p.is_dir()):
-            for file in sorted(class_dir.iterdir()):
-                if file.is_file() and file.name.lower().endswith(IMAGE_SUFFIXES):
-                    files.append((class_dir.name, str(file), file.read_bytes()))
+        files = [(c, path, pathlib.Path(path).read_bytes()) for c, path in _folder_files(root, split)]
     if not files:
         raise FileNotFoundError(f"{root}: no {split}/<class>/<image> files in it")
     files.sort(key=lambda f: f[1])
     class_names = tuple(sorted({c for c, _, _ in files}))
     index = {name: i for i, name in enumerate(class_names)}
     images = None
-    quality = None
-    for i, (class_name, shown, encoded) in enumerate(files):
-        try:
-            with Image.open(io.BytesIO(encoded)) as image:
-                if i == 0:
-                    quality = jpeg_quality(image)
-                pixels = np.asarray(image.convert("L" if image.mode in ("L", "1", "I;16") else "RGB"))
-        except Exception as error:  # Pillow raises many kinds for a broken file
-            raise ImageFolderError(f"{shown}: cannot be decoded as an image: {error}") from None
-        pixels = pixels[..., None] if pixels.ndim == 2 else pixels
+    for i, (_, shown, encoded) in enumerate(files):
+        pixels = decode_image(encoded, shown)
         if images is None:
             images = np.empty((len(files), *pixels.shape), np.uint8)
         elif pixels.shape != images.shape[1:]:
-            raise ImageFolderError(f"{shown}: image of shape {pixels.shape} (H, W, C), but the split's "
-                                   f"first image {files[0][1]} has {images.shape[1:]}; every image of a "
-                                   "split must have one shape")
+            raise _shape_error(shown, pixels.shape, files[0][1], images.shape[1:])
         images[i] = pixels
     labels = np.asarray([index[c] for c, _, _ in files], np.int32)
-    return images, labels, class_names, quality
+    return images, labels, class_names, _quality_of(files[0][2])
 
 
 _STANDARD_LUMINANCE = np.array([
@@ -292,3 +333,177 @@ def _write_cache(path: pathlib.Path, split: FolderSplit) -> None:
         os.replace(partial, path)   # a reader sees the whole file or none
     except OSError:
         pass  # an unwritable cache only costs the next load its decoding
+
+
+# --- reading image by image ---------------------------------------------------------
+
+class FolderSource:
+    """One split read image by image, for a tree larger than memory:
+    ``source[i]`` is ``(image uint8 (H, W, C), label int32)``, decoded from its
+    file when asked, in `read_split`'s order (images sorted by path, classes by
+    name). It is Grain's ``RandomAccessDataSource`` (``len`` and ``[]``), so
+    ``grain.MapDataset.source(source)`` or ``grain.DataLoader(data_source=source,
+    worker_count=n, ...)`` decodes in ``n`` worker processes.
+
+    An unpacked tree is read file by file. An archive cannot be read at an
+    offset through gzip, so its images' encoded bytes are copied once, in one
+    pass, into ``<cache_dir>/<key>.images`` (JPEGs as they are, about the
+    archive's size) with their offsets in ``<key>.index.npz``, under the key
+    `read_split` uses; each read is then one ``pread``. With ``cache_dir=False``
+    (or an unwritable cache) those bytes are held in memory instead.
+
+    ``rows``: the part of the split this source reads (a ``slice``, for shards).
+    Every image must have the shape of the split's first (decoded when the
+    source is made); one that does not raises `ImageFolderError` naming it when read.
+    """
+
+    def __init__(self, root: str | os.PathLike, split: str, *, cache_dir: str | os.PathLike | None = None,
+                 rows: slice = slice(None)):
+        root = pathlib.Path(root)
+        if not root.exists():
+            raise FileNotFoundError(f"{root}: no such folder or archive")
+        self.root, self.split, self._cache_dir = root, split, cache_dir
+        if is_archive(root):
+            names, classes, self._offsets, self._packed, self._blob = _packed_archive(root, split, cache_dir)
+        else:
+            if not (root / split).is_dir():
+                raise FileNotFoundError(f"{root}: no {split}/<class>/<image> files in it")
+            _list_entries(root, split)   # refuses an empty class folder, as read_split does
+            files = _folder_files(root, split)
+            names, classes = [path for _, path in files], [c for c, _ in files]
+            self._offsets, self._packed, self._blob = None, None, None
+        if not names:
+            raise FileNotFoundError(f"{root}: no {split}/<class>/<image> files in it")
+        self.class_names = tuple(sorted(set(classes)))
+        index = {name: i for i, name in enumerate(self.class_names)}
+        self._names = np.asarray(names)
+        self._labels = np.asarray([index[c] for c in classes], np.int32)
+        self._rows = np.arange(len(names))[rows]
+        self._fd = None
+        first = self._encoded(0)
+        self.jpeg_quality = _quality_of(first)
+        self.image_shape = decode_image(first, str(self._names[0])).shape
+        location = f"{_as_given(root)} ({split}; read image by image"
+        self.description = location + (f", bytes copied to {self._packed})" if self._packed else ")")
+
+    def __len__(self) -> int:
+        return len(self._rows)
+
+    @property
+    def labels(self) -> np.ndarray:
+        """The labels of the rows this source reads, int32 ``(len,)`` (no decoding)."""
+        return self._labels[self._rows]
+
+    def __getitem__(self, index: int) -> tuple[np.ndarray, np.int32]:
+        row = int(self._rows[index])
+        pixels = decode_image(self._encoded(row), str(self._names[row]))
+        if pixels.shape != self.image_shape:
+            raise _shape_error(str(self._names[row]), pixels.shape, str(self._names[0]), self.image_shape)
+        return pixels, self._labels[row]
+
+    def blocks(self, size: int = STATS_BLOCK) -> Iterator[np.ndarray]:
+        """The decoded images in order, ``size`` at a time (for `block_stats`)."""
+        for start in range(0, len(self), size):
+            yield np.stack([self[i][0] for i in range(start, min(start + size, len(self)))])
+
+    def channel_stats(self) -> tuple[tuple[float, ...], tuple[float, ...]]:
+        """`channel_stats` of this source's images, decoding each once, with the same
+        bits as of the decoded split; kept in the cache (``<key>.stats.json``) like a split."""
+        import json
+
+        path = None
+        if self._cache_dir is not False:
+            key = _cache_key(self.root, self.split, _list_entries(self.root, self.split))
+            rows = "" if len(self._rows) == len(self._names) else f"-rows{self._rows[0]}-{len(self._rows)}"
+            path = pathlib.Path(self._cache_dir or default_cache_dir()) / f"{key}{rows}.stats.json"
+            try:
+                saved = json.loads(path.read_text())
+                return tuple(saved["mean"]), tuple(saved["std"])
+            except (OSError, ValueError, KeyError):
+                pass
+        mean, std = block_stats(self.blocks())
+        if path is not None:
+            try:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                partial = path.with_name(f"{path.name}.{os.getpid()}.partial")
+                partial.write_text(json.dumps({"mean": mean, "std": std}))
+                os.replace(partial, path)
+            except OSError:
+                pass   # an unwritable cache only costs the next call its decoding
+        return mean, std
+
+    def _encoded(self, row: int) -> bytes:
+        if self._offsets is None:
+            return pathlib.Path(self._names[row]).read_bytes()
+        start, stop = int(self._offsets[row]), int(self._offsets[row + 1])
+        if self._blob is not None:
+            return self._blob[start:stop]
+        if self._fd is None:
+            self._fd = os.open(self._packed, os.O_RDONLY)
+        return os.pread(self._fd, stop - start, start)
+
+    def __getstate__(self):   # a worker process opens its own file
+        return {**self.__dict__, "_fd": None}
+
+    def __del__(self):
+        if getattr(self, "_fd", None) is not None and os is not None:   # os is gone at interpreter exit
+            os.close(self._fd)
+
+
+def _packed_archive(root: pathlib.Path, split: str, cache_dir):
+    """``(names, classes, offsets (N+1,), packed file or None, bytes or None)`` of an
+    archive's split, in `read_split`'s order; the packed file made in one pass of
+    the archive if the cache does not hold it for the archive as it is now."""
+    if cache_dir is not False:
+        base = pathlib.Path(cache_dir or default_cache_dir()) / _cache_key(root, split, _list_entries(root, split))
+        packed, index = base.with_name(f"{base.name}.images"), base.with_name(f"{base.name}.index.npz")
+        try:
+            with np.load(index, allow_pickle=False) as saved:
+                if packed.is_file() and packed.stat().st_size == int(saved["offsets"][-1]):
+                    return ([str(n) for n in saved["names"]], [str(c) for c in saved["classes"]],
+                            saved["offsets"], str(packed), None)
+        except (OSError, KeyError, ValueError):
+            pass   # not cached yet, or damaged: copied again
+        try:
+            packed.parent.mkdir(parents=True, exist_ok=True)
+            partial = packed.with_name(f"{packed.name}.{os.getpid()}.partial")
+            with open(partial, "wb") as out:
+                names, classes, offsets = _copy_images(root, split, out.write)
+            order = np.argsort(names, kind="stable")
+            starts, sizes = offsets[:-1][order], np.diff(offsets)[order]
+            reordered = _reorder(partial, starts, sizes, packed)
+            partial.unlink()
+            with open(index.with_name(f"{index.name}.{os.getpid()}.partial"), "wb") as f:
+                np.savez(f, names=np.asarray(names)[order], classes=np.asarray(classes)[order], offsets=reordered)
+            os.replace(f.name, index)
+            return [names[i] for i in order], [classes[i] for i in order], reordered, str(packed), None
+        except OSError:
+            pass   # an unwritable cache: the bytes are held in memory
+    chunks: list[bytes] = []
+    names, classes, offsets = _copy_images(root, split, chunks.append)
+    order = np.argsort(names, kind="stable")
+    blob = b"".join(chunks[i] for i in order)
+    return ([names[i] for i in order], [classes[i] for i in order],
+            np.concatenate([[0], np.cumsum(np.diff(offsets)[order])]), None, blob)
+
+
+def _copy_images(root: pathlib.Path, split: str, write) -> tuple[list[str], list[str], np.ndarray]:
+    names, classes, offsets = [], [], [0]
+    for class_name, shown, encoded in _archive_files(root, split):
+        write(encoded)
+        names.append(shown)
+        classes.append(class_name)
+        offsets.append(offsets[-1] + len(encoded))
+    return names, classes, np.asarray(offsets, np.int64)
+
+
+def _reorder(partial: pathlib.Path, starts: np.ndarray, sizes: np.ndarray, packed: pathlib.Path) -> np.ndarray:
+    """Copy ``partial``'s pieces into ``packed`` in sorted order (reads stay sequential
+    for an in-order epoch); returns the new offsets."""
+    offsets = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
+    tmp = packed.with_name(f"{packed.name}.{os.getpid()}.sorted")
+    with open(partial, "rb") as src, open(tmp, "wb") as out:
+        for start, size in zip(starts, sizes):
+            out.write(os.pread(src.fileno(), int(size), int(start)))
+    os.replace(tmp, packed)
+    return offsets

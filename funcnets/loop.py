@@ -409,7 +409,7 @@ def _named_failures(batches, stream: streams.Stream, position: int, epoch: int):
         except Exception as error:
             raise streams.StreamError(f"{stream.argument}: the stream raised {type(error).__name__} making batch "
                                       f"{position + 1} of epoch {epoch + 1}: {error}; nothing of that step was "
-                                      "trained or saved") from error
+                                      "trained or saved" + streams.hint_for(error)) from error
         position += 1
         yield item
 

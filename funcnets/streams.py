@@ -142,6 +142,31 @@ def prefetch(iterator: Iterator, put: Callable, depth: int = 2) -> Iterator:
             items.get_nowait()
 
 
+def allow_grain_workers() -> None:
+    """Let Grain start worker processes (``mp_prefetch``, ``DataLoader(worker_count=n)``)
+    in a script not run by ``absl.app``. Process-wide: it marks absl's flags parsed,
+    each at its default, so funcnets never calls it for you.
+
+    Grain 0.2.18 reads the absl flag ``--grain_enable_multiprocess_worker_profiling``
+    when it starts workers with JAX imported, and absl raises
+    ``UnparsedFlagAccessError`` for a flag read before parsing (google/grain#1355,
+    fixed upstream after 0.2.18). Decoding in the loader's own threads
+    (``to_iter_dataset(grain.ReadOptions(num_threads=n))``) needs no workers and no flags."""
+    from absl import flags
+
+    if not flags.FLAGS.is_parsed():
+        flags.FLAGS.mark_as_parsed()
+
+
+def hint_for(error: BaseException) -> str:
+    """What to do about a stream's error, where funcnets knows ('' otherwise)."""
+    if type(error).__name__ == "UnparsedFlagAccessError" and "grain" in str(error):
+        return (". Grain's worker processes read an absl flag before absl parsed them (google/grain#1355): "
+                "call funcnets.data.allow_grain_workers() once at the start of the script, run it with "
+                "absl.app.run, or decode in threads (grain.ReadOptions(num_threads=n)) instead of workers")
+    return ""
+
+
 class TorchLoader:
     """`from_torch`'s stream: a torch ``DataLoader``'s batches as NHWC NumPy arrays."""
 
