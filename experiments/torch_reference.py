@@ -41,6 +41,13 @@ def _save(path: pathlib.Path, payload: dict) -> None:
     os.replace(partial, path)
 
 
+def train_loader_of(args, data, orders: list[np.ndarray]) -> DataLoader:
+    """The training ``DataLoader``: the normalised images as NCHW tensors, epoch ``e``
+    in ``orders[e]`` (`EpochOrder`; ``loader.sampler.set_epoch(e)``), batch ``args.batch_size``."""
+    return DataLoader(_tensors(data.normalize(data.train_images), data.train_labels), batch_size=args.batch_size,
+                      sampler=EpochOrder(orders))
+
+
 def run(tutorial, args, data, metrics_path: pathlib.Path, *, orders: list[np.ndarray],
         init: dict[str, np.ndarray] | None = None, checkpoint_dir: pathlib.Path | None = None,
         log: Callable[[str], None] = print) -> list[dict]:
@@ -56,11 +63,10 @@ def run(tutorial, args, data, metrics_path: pathlib.Path, *, orders: list[np.nda
     spec = recipe(tutorial, args, len(orders[0]) // args.batch_size + bool(len(orders[0]) % args.batch_size))
     optimizer, scheduler = spec.torch(model.named_parameters())
 
-    sampler = EpochOrder(orders)
-    train_images, test_images = data.normalized()
-    train_loader = DataLoader(_tensors(train_images, data.train_labels), batch_size=args.batch_size,
-                              sampler=sampler)
-    test_loader = DataLoader(_tensors(test_images, data.test_labels), batch_size=args.test_batch_size)
+    train_loader = train_loader_of(args, data, orders)
+    sampler = train_loader.sampler
+    test_loader = DataLoader(_tensors(data.normalize(data.test_images), data.test_labels),
+                             batch_size=args.test_batch_size)
 
     checkpoint = checkpoint_dir / "torch_checkpoint.pt" if checkpoint_dir is not None else None
     start_epoch, resume_step = 0, None

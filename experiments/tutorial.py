@@ -172,6 +172,10 @@ def parser(tutorial: Tutorial, *, prog: str | None = None, description: str | No
                    help="(JAX) split each batch over all devices of all processes (funcnets.parallel); "
                         "joins a multi-process run from JAX_COORDINATOR_ADDRESS/JAX_NUM_PROCESSES/"
                         "JAX_PROCESS_ID or SLURM's variables")
+    p.add_argument("--torch-loader", action="store_true",
+                   help="(JAX) read the training batches from the PyTorch side's DataLoader (the same "
+                        "sampler and normalised tensors) through funcnets.data.from_torch, instead of the "
+                        "arrays on the device")
     p.add_argument("--compile-cache", default=default_compile_cache(), metavar="DIR",
                    help="(JAX) keep compiled steps in JAX's persistent compilation cache in DIR, so a "
                         "later run loads them instead of compiling; 'off' to compile afresh "
@@ -267,8 +271,10 @@ def check_args(tutorial: Tutorial, args, p: argparse.ArgumentParser) -> None:
         p.error(f"--scheduler {' '.join(args.scheduler or [])}: {error}")
     if args.resume and args.checkpoint_dir is None:
         p.error("--resume needs --checkpoint-dir (the run to continue)")
-    if args.framework == "torch" and (args.bf16 or args.data_parallel):
-        p.error("--bf16 and --data-parallel are for --framework jax")
+    if args.framework == "torch" and (args.bf16 or args.data_parallel or args.torch_loader):
+        p.error("--bf16, --data-parallel and --torch-loader are for --framework jax")
+    if args.torch_loader and args.data_parallel:
+        p.error("--torch-loader reads one process's batches; it does not go with --data-parallel")
     if args.bf16 and args.float64:
         p.error("--bf16 computes in bfloat16 with float32 params; it does not go with --float64")
     if args.compile_cache != "off" and os.path.exists(args.compile_cache) and not os.path.isdir(args.compile_cache):
@@ -465,9 +471,9 @@ def run_jax(tutorial: Tutorial, args, data: RunData, metrics_path: pathlib.Path,
                     report=fn.loop.Report(metrics_path=metrics_path if lead else None,
                                           progress=lead and not args.no_progress, log=log if lead else None,
                                           step_losses=True),
-                    mesh=mesh, transform=data.normalize)
-    train = (data.train_images, data.train_labels)
-    test = (data.test_images, data.test_labels)
+                    mesh=mesh, transform=None if args.torch_loader else data.normalize)
+    train = torch_loader_stream(args, data) if args.torch_loader else (data.train_images, data.train_labels)
+    test = (data.normalize(data.test_images) if args.torch_loader else data.test_images, data.test_labels)
     if checkpoint_dir is None:
         try:
             state, history = fn.fit(state, train, test, **fit_args)
@@ -493,6 +499,22 @@ def run_jax(tutorial: Tutorial, args, data: RunData, metrics_path: pathlib.Path,
         MetricsLog(metrics_path, resume_step=history[-1]["step"]).write(entry)
         log(dropout_line(entry))
     return history
+
+
+def torch_loader_stream(args, data: RunData):
+    """The PyTorch reference's training ``DataLoader`` (`experiments.torch_reference.train_loader_of`:
+    normalised NCHW tensors, funcnets' epoch order as its sampler) as a funcnets stream,
+    ``epoch -> fn.data.from_torch(loader)``; its batches are already normalised (with
+    `funcnets.data.normalize`'s bits, as the arrays path normalises in the step)."""
+    from experiments import torch_reference
+
+    loader = torch_reference.train_loader_of(args, data, epoch_orders(len(data.train_labels), args.seed, args.epochs))
+
+    def epoch(e: int):
+        loader.sampler.set_epoch(e)
+        return fn.data.from_torch(loader)
+
+    return epoch
 
 
 def stop_after_lost_process(error: Exception, args) -> None:
@@ -636,6 +658,7 @@ def summarize(tutorial: Tutorial, args, data: RunData, framework: str, records: 
             "batch_size": args.batch_size, "seed": args.seed,
             "model_options": model_options(tutorial, args),
             "float64": args.float64, "bf16": args.bf16, "data_parallel": args.data_parallel,
+            "torch_loader": getattr(args, "torch_loader", False),
             "dry_run": args.dry_run, "tutorial_reports": tutorial.reported,
             "compile_cache": compile_cache, "command": args.command, "environment": environment()}
 

@@ -98,19 +98,22 @@ def _as_given(path: pathlib.Path) -> str:
     return os.path.normpath(os.path.abspath(path))
 
 
-STATS_BLOCK = 4096   # images per float64 block of `channel_stats`
+def stats_block(image_shape) -> int:
+    """Images per float64 block of `channel_stats`: 4096, fewer where that is over 2**24 values."""
+    return int(min(4096, max(1, 2**24 // int(np.prod(image_shape)))))
 
 
 def channel_stats(images: np.ndarray) -> tuple[tuple[float, ...], tuple[float, ...]]:
     """Per-channel mean and standard deviation on the 0-1 scale, over all
     pixels of ``images (N, H, W, C)`` (as ``transforms.Normalize`` constants
-    are computed), accumulated in float64 a block of `STATS_BLOCK` images at a time."""
-    return block_stats(images[start:start + STATS_BLOCK] for start in range(0, len(images), STATS_BLOCK))
+    are computed), accumulated in float64 a block of `stats_block` images at a time."""
+    size = stats_block(images.shape[1:])
+    return block_stats(images[start:start + size] for start in range(0, len(images), size))
 
 
 def block_stats(blocks) -> tuple[tuple[float, ...], tuple[float, ...]]:
     """`channel_stats` over an iterable of consecutive uint8 ``(n, H, W, C)`` blocks
-    (`STATS_BLOCK` images each but the last, for the same bits)."""
+    (`stats_block` images each but the last, for the same bits)."""
     total = squares = None
     count = 0
     for block in blocks:
@@ -401,8 +404,9 @@ class FolderSource:
             raise _shape_error(str(self._names[row]), pixels.shape, str(self._names[0]), self.image_shape)
         return pixels, self._labels[row]
 
-    def blocks(self, size: int = STATS_BLOCK) -> Iterator[np.ndarray]:
-        """The decoded images in order, ``size`` at a time (for `block_stats`)."""
+    def blocks(self, size: int | None = None) -> Iterator[np.ndarray]:
+        """The decoded images in order, ``size`` (default `stats_block`) at a time."""
+        size = size or stats_block(self.image_shape)
         for start in range(0, len(self), size):
             yield np.stack([self[i][0] for i in range(start, min(start + size, len(self)))])
 

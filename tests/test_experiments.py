@@ -17,6 +17,7 @@ import funcnets as fn
 from experiments import cifar10_cnn, compare, mastering_cnn, mnist_cnn, mnist_mlp, optimizers, simple_net
 from experiments import tutorial as common
 from experiments.tools import bench
+from funcnets import plots
 from funcnets.metrics import read_metrics
 
 pytest.importorskip("torch")
@@ -237,6 +238,22 @@ def mlp_report(tmp_path_factory):
     out = tmp_path_factory.mktemp("report")
     compare.main(["mnist_mlp", "--dataset", "digits", "--dry-run", "--no-progress", "--out", str(out)])
     return out
+
+
+def test_funcnets_through_the_torch_dataloader_trains_as_from_its_arrays(tmp_path):
+    """``--torch-loader``: funcnets reads the PyTorch side's own DataLoader (`fn.data.from_torch`)
+    and its steps are the arrays path's, bit for bit."""
+    runs = {}
+    for name, extra in (("arrays", []), ("loader", ["--torch-loader"])):
+        common.main(mnist_mlp.TUTORIAL, ["--dataset", "digits", "--dry-run", "--no-progress", *extra,
+                                         "--checkpoint-dir", str(tmp_path / name), "--metrics-out",
+                                         str(tmp_path / f"{name}.jsonl")])
+        runs[name] = read_metrics(tmp_path / f"{name}.jsonl")
+    assert plots.step_losses(runs["loader"]).tolist() == plots.step_losses(runs["arrays"]).tolist()
+    assert [r["test_accuracy"] for r in runs["loader"] if r["kind"] == "epoch"] == \
+        [r["test_accuracy"] for r in runs["arrays"] if r["kind"] == "epoch"]
+    with pytest.raises(SystemExit):
+        common.main(mnist_mlp.TUTORIAL, ["--dataset", "digits", "--framework", "torch", "--torch-loader"])
 
 
 def test_compare_report_numbers_are_the_metrics_files(mlp_report):

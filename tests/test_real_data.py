@@ -196,6 +196,118 @@ def test_cifar10_class_folders_must_be_cifar10s(tmp_path):
         data.load("cifar10", "train", data_dir=root, download=False, cache_dir=tmp_path)
 
 
+
+# --- image folders read image by image (stream=True) ------------------------------------------
+
+def _archive_of(root, tmp_path):
+    archive = tmp_path / f"{root.name}.tar.gz"
+    with tarfile.open(archive, "w:gz") as tar:
+        tar.add(root, arcname=root.name)
+    return archive
+
+
+def _same_as_decoded(streamed, decoded):
+    assert len(streamed) == len(decoded.labels)
+    np.testing.assert_array_equal(streamed.labels, decoded.labels)
+    np.testing.assert_array_equal(np.stack([streamed[i][0] for i in range(len(streamed))]), decoded.images)
+    assert [int(streamed[i][1]) for i in range(len(streamed))] == decoded.labels.tolist()
+    assert streamed.info._replace(source="") == decoded.info._replace(source="")   # mean/std: the same bits
+
+
+@pytest.mark.parametrize("packed", ["folder", "archive", "archive, no cache"])
+def test_a_streamed_image_folder_reads_what_the_decoded_one_holds(tmp_path, packed):
+    root = _write_tree(tmp_path / "pets", per_class=5, classes=("cat", "ant", "bee"))
+    source = root if packed == "folder" else _archive_of(root, tmp_path)
+    cache = False if packed == "archive, no cache" else tmp_path / "cache"
+    for split in ("train", "test"):
+        _same_as_decoded(data.image_folder(source, split, cache_dir=cache, stream=True),
+                         data.image_folder(source, split, cache_dir=False))
+    for shard in ((0, 2), (1, 2)):
+        _same_as_decoded(data.image_folder(source, "train", cache_dir=cache, stream=True, shard=shard),
+                         data.image_folder(source, "train", cache_dir=False, shard=shard))
+    streamed = data.image_folder(source, "test", cache_dir=cache, stream=True)
+    assert streamed.info.source.startswith(f"{source} (test; read image by image")
+    assert pickle.loads(pickle.dumps(streamed))[3][0].tolist() == streamed[3][0].tolist()   # to Grain's workers
+
+
+def test_an_archive_is_copied_once_and_again_when_it_changes(tmp_path, monkeypatch):
+    root = _write_tree(tmp_path / "pets", per_class=3)
+    archive = _archive_of(root, tmp_path)
+    first = data.image_folder(archive, "train", cache_dir=tmp_path / "cache", stream=True)
+    assert "bytes copied to" in first.info.source and len(first) == 6
+    real = imagefolder._archive_files
+    monkeypatch.setattr(imagefolder, "_archive_files", lambda *a: pytest.fail("copied again"))
+    again = data.image_folder(archive, "train", cache_dir=tmp_path / "cache", stream=True)
+    assert [again[i][0].tolist() for i in range(6)] == [first[i][0].tolist() for i in range(6)]
+    assert again.info == first.info                                     # statistics from the cache too
+    monkeypatch.setattr(imagefolder, "_archive_files", real)
+    (root / "train" / "cat" / "5.png").write_bytes((root / "train" / "ant" / "0.png").read_bytes())
+    grown = data.image_folder(_archive_of(root, tmp_path), "train", cache_dir=tmp_path / "cache", stream=True)
+    assert len(grown) == 7 and grown.labels.tolist() == [0, 0, 0, 1, 1, 1, 1]
+
+
+def test_a_streamed_image_folder_names_a_bad_file_when_it_reads_it(tmp_path):
+    from PIL import Image
+
+    root = _write_tree(tmp_path / "odd")
+    Image.fromarray(np.zeros((7, 5, 3), np.uint8)).save(root / "train" / "cat" / "9.png")
+    streamed = data.image_folder(root, "train", cache_dir=False, stream=True)
+    with pytest.raises(imagefolder.ImageFolderError, match=r"cat/9.png: image of shape \(7, 5, 3\)"):
+        streamed[len(streamed) - 1]
+    (root / "train" / "cat" / "9.png").write_bytes(b"not an image")
+    with pytest.raises(imagefolder.ImageFolderError, match="9.png: cannot be decoded"):
+        streamed[len(streamed) - 1]
+    (root / "train" / "bee").mkdir()
+    with pytest.raises(data.CorruptDatasetError, match=r"train/bee: class folder with no images"):
+        data.image_folder(root, "train", cache_dir=False, stream=True)
+    with pytest.raises(data.DatasetNotFoundError, match="no val/<class>/<image>"):
+        data.image_folder(root, "val", cache_dir=False, stream=True)
+
+
+def test_fit_over_a_streamed_folder_equals_fit_over_its_decoded_arrays(tmp_path):
+    import grain
+    import optax
+
+    root = _write_tree(tmp_path / "pets", shape=(8, 8, 3), per_class=12)
+    streamed = data.image_folder(root, "train", cache_dir=tmp_path / "cache", stream=True)
+    decoded = data.image_folder(root, "train", cache_dir=False)
+    model = fn.models.sequential(fn.layers.Flatten(), ("fc", fn.layers.Linear(192, 2)), input_shape=(8, 8, 3))
+    order = lambda e: np.asarray(list(grain.MapDataset.range(24).shuffle(seed=e)))   # Grain's shuffle  # noqa: E731
+    run = dict(epochs=2, rng=jax.random.key(0), transform=fn.data.Normalize.of(decoded.info),
+               report=fn.loop.Report.silent())
+    fresh = lambda: fn.create_train_state(model, optax.sgd(0.1), jax.random.key(0))   # fit donates it  # noqa: E731
+    by_grain, grain_history = fn.fit(
+        fresh(), lambda e: grain.MapDataset.source(streamed).shuffle(seed=e).batch(6), **run)
+    by_arrays, array_history = fn.fit(
+        fresh(), lambda e: [(decoded.images[i], decoded.labels[i]) for i in np.split(order(e), 4)], **run)
+    assert [h["loss"] for h in grain_history] == [h["loss"] for h in array_history]
+    jax.tree.map(np.testing.assert_array_equal, by_grain.params, by_arrays.params)
+
+
+@pytest.mark.slow   # CI runs the slow tests
+def test_grain_worker_processes_decode_a_streamed_folder(tmp_path):
+    import grain
+
+    root = _write_tree(tmp_path / "pets", per_class=8)
+    streamed = data.image_folder(_archive_of(root, tmp_path), "train", cache_dir=tmp_path / "cache", stream=True)
+    fn.data.allow_grain_workers()
+    loader = (grain.MapDataset.source(streamed).batch(4).to_iter_dataset()
+              .mp_prefetch(grain.MultiprocessingOptions(num_workers=2)))
+    images, labels = (np.concatenate(parts) for parts in zip(*list(loader)))
+    decoded = data.image_folder(root, "train", cache_dir=False)
+    np.testing.assert_array_equal(images, decoded.images)
+    np.testing.assert_array_equal(labels, decoded.labels)
+
+
+@needs_cifar
+@pytest.mark.slow   # CI runs the slow tests
+def test_the_cifar10_archive_streamed_equals_its_decoded_splits(tmp_path):
+    streamed = data.image_folder(CIFAR_JPEG, "test", cache_dir=tmp_path, stream=True)
+    decoded = data.image_folder(CIFAR_JPEG, "test", cache_dir=tmp_path)
+    _same_as_decoded(streamed, decoded)
+    assert streamed.info.mean == decoded.info.mean and len(streamed.labels) == 10000
+
+
 # --- downloads, from a server on 127.0.0.1 ---------------------------------------------------
 
 class _Files(http.server.BaseHTTPRequestHandler):
