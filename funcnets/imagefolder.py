@@ -19,6 +19,9 @@ one ``.npz`` in a cache folder (default ``$XDG_CACHE_HOME/funcnets/image_folders
 else ``~/.cache/funcnets/image_folders``) under a key of the source's path and
 its files' names, sizes and modification times: a changed, added or removed
 file makes a new key, and the stale entry is never read.
+
+A split larger than memory is read image by image instead (`FolderSource`, a
+Grain data source), in the same order and with the same labels.
 """
 
 from __future__ import annotations
@@ -194,15 +197,13 @@ def _list_entries(root: pathlib.Path, split: str) -> list[tuple[str, int, int]]:
     base = root / split
     if not base.is_dir():
         return []
+    files = _folder_files(root, split)
     entries = []
-    class_dirs = sorted(p for p in base.iterdir() if p.is_dir())
-    for class_dir in class_dirs:
-        for file in sorted(class_dir.iterdir()):
-            if file.is_file() and file.name.lower().endswith(IMAGE_SUFFIXES):
-                stat = file.stat()
-                entries.append((f"{class_dir.name}/{file.name}", stat.st_size, stat.st_mtime_ns))
+    for class_name, path in files:
+        stat = os.stat(path)
+        entries.append((f"{class_name}/{os.path.basename(path)}", stat.st_size, stat.st_mtime_ns))
     if entries:
-        _refuse_empty_classes(str(base), (d.name for d in class_dirs), (name.split("/")[0] for name, _, _ in entries))
+        _refuse_empty_classes(str(base), (p.name for p in base.iterdir() if p.is_dir()), (c for c, _ in files))
     return entries
 
 

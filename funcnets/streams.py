@@ -39,7 +39,14 @@ def is_stream(data) -> bool:
         return False
     if hasattr(data, "images") and hasattr(data, "labels"):   # a funcnets.data.Dataset: a split, not a stream
         return False
-    return data is not None and (hasattr(data, "__iter__") or callable(data))
+    return data is not None and (hasattr(data, "__iter__") or callable(data) or is_example_source(data))
+
+
+def is_example_source(data) -> bool:
+    """Whether ``data`` is a random-access source of single examples (``len`` and ``[]``,
+    not iterable: Grain's ``RandomAccessDataSource``, a `funcnets.data.FolderStream`)."""
+    return (hasattr(data, "__getitem__") and hasattr(data, "__len__") and not hasattr(data, "__iter__")
+            and not isinstance(data, (tuple, list)))
 
 
 class Stream:
@@ -50,6 +57,10 @@ class Stream:
     def __init__(self, source, argument: str = "train"):
         if isinstance(source, Stream):
             source = source.source
+        if is_example_source(source):
+            raise TypeError(f"{argument} is a source of single examples ({type(source).__name__}, {len(source)} of "
+                            f"them), not of batches: batch it, e.g. lambda epoch: grain.MapDataset.source("
+                            f"{argument}).shuffle(seed=epoch).batch(64)")
         if not is_stream(source):
             raise TypeError(f"{argument} must be a stream of (images, labels) batches (a Grain dataset or loader, "
                             f"funcnets.data.from_torch(loader), an iterable) or a pair of arrays, got "

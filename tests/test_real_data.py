@@ -282,6 +282,8 @@ def test_fit_over_a_streamed_folder_equals_fit_over_its_decoded_arrays(tmp_path)
         fresh(), lambda e: [(decoded.images[i], decoded.labels[i]) for i in np.split(order(e), 4)], **run)
     assert [h["loss"] for h in grain_history] == [h["loss"] for h in array_history]
     jax.tree.map(np.testing.assert_array_equal, by_grain.params, by_arrays.params)
+    with pytest.raises(TypeError, match=r"train is a source of single examples \(FolderStream, 24 of them\)"):
+        fn.fit(fresh(), streamed, **run)
 
 
 @pytest.mark.slow   # CI runs the slow tests

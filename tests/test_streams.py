@@ -164,3 +164,19 @@ def test_bad_streams_are_named_before_their_step(digits):
         fn.fit(state, Broken(), **RUN)
     with pytest.raises(TypeError, match="train must be a stream .* or a pair of arrays"):
         fn.streams.Stream(3)
+
+
+def test_grains_unparsed_flag_error_is_named_with_its_fix(digits):
+    """Grain 0.2.18's worker processes outside absl.app (google/grain#1355): fit says what to do."""
+    x, y = digits
+
+    class UnparsedFlagAccessError(Exception):   # absl's, as Grain raises it
+        pass
+
+    def workers():
+        raise UnparsedFlagAccessError("Trying to access flag --grain_enable_multiprocess_worker_profiling "
+                                      "before flags were parsed.")
+        yield x[:64], y[:64]
+
+    with pytest.raises(fn.streams.StreamError, match=r"making batch 1 of epoch 1: .*allow_grain_workers\(\)"):
+        fn.fit(_fresh(), lambda e: workers(), **RUN)
