@@ -28,7 +28,8 @@ def _env(**extra) -> dict:
     return env
 
 
-@pytest.mark.parametrize("inner_marks", ["not slow", pytest.param("slow", marks=pytest.mark.slow)])
+@pytest.mark.slow   # CI runs the slow tests (about a minute of subprocesses)
+@pytest.mark.parametrize("inner_marks", ["not slow", "slow"])
 def test_one_two_and_eight_devices_train_alike(inner_marks):
     """tests/parallel_devices.py, with 8 CPU devices; see its docstring for the tolerances.
     Its slow cases run with ``pytest -m slow``, as this file's do."""
@@ -56,6 +57,7 @@ def _params(arrays, prefix):
     return params
 
 
+@pytest.mark.slow   # CI runs the slow tests
 def test_two_processes_train_as_one_on_the_same_global_batches(tmp_path):
     """Two real processes on 127.0.0.1 (gloo collectives), each with only its half of
     the data, end with identical params, equal to one process on the global batches."""
