@@ -18,6 +18,10 @@ Nets: ``cifar_cnn`` (`funcnets.models.cifar_cnn`, the tutorial's) and ``cifar_bn
 (`experiments.layer_nets.cifar_bn`: a ``BatchNorm2d`` after each conv).
 Printed and written to ``--out`` (``results.json``): per epoch the train loss, the test
 loss and accuracy (eval mode) and the seconds, decoding included.
+
+``--step-cost`` measures instead what the augmentation costs a step: ``fn.training.run_steps``
+over the same 1,600 images on the device (100 steps of 16), plain and augmented
+in turn for ``--rounds`` rounds; the median milliseconds a step of each.
 """
 
 from __future__ import annotations
@@ -59,9 +63,7 @@ def batches(source, batch_size: int, *, seed: int | None = None, workers: int = 
 
 def run(net: str, augmented: bool, train, test, *, epochs: int, seed: int, workers: int,
         examples: int | None = None) -> dict:
-    normalize = fn.data.Normalize.of(train.info)
-    transform = fn.data.Compose([fn.data.RandomCrop(32, padding=4), fn.data.RandomHorizontalFlip(), normalize]) \
-        if augmented else normalize
+    transform = transforms(train.info)["augmented" if augmented else "plain"]
     rng = jax.random.key(seed)
     state = fn.create_train_state(NETS[net](), optax.adam(1e-3), rng)
     start = time.perf_counter()
@@ -71,6 +73,31 @@ def run(net: str, augmented: bool, train, test, *, epochs: int, seed: int, worke
                         report=fn.loop.Report(progress=False))
     return {"net": net, "augmented": augmented, "seconds": time.perf_counter() - start,
             "epochs": [{k: e[k] for k in ("loss", "test_loss", "test_accuracy", "seconds")} for e in history]}
+
+
+def transforms(info) -> dict:
+    normalize = fn.data.Normalize.of(info)
+    return {"plain": normalize,
+            "augmented": fn.data.Compose([fn.data.RandomCrop(32, padding=4), fn.data.RandomHorizontalFlip(), normalize])}
+
+
+def step_cost(net: str, train, *, rounds: int, seed: int) -> dict:
+    """Median ms a training step, plain and augmented, over the same on-device batches."""
+    import numpy as np
+
+    images, labels = (np.concatenate(parts) for parts in zip(*list(batches(train, 16, seed=seed, examples=1600))))
+    images, labels = jax.device_put(images), jax.device_put(labels)
+    index = jax.device_put(np.arange(1600, dtype=np.int32).reshape(100, 16))
+    times: dict[str, list[float]] = {"plain": [], "augmented": []}
+    for round_ in range(rounds + 1):   # round 0 compiles
+        for name, transform in transforms(train.info).items():
+            state = fn.create_train_state(NETS[net](), optax.adam(1e-3), jax.random.key(seed))
+            start = time.perf_counter()
+            state, metrics = fn.training.run_steps(state, images, labels, index, transform=transform)
+            jax.block_until_ready(metrics)
+            if round_:
+                times[name].append(1000 * (time.perf_counter() - start) / 100)
+    return {name: float(np.median(values)) for name, values in times.items()}
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -83,6 +110,8 @@ def main(argv: list[str] | None = None) -> dict:
                    help="Grain worker processes decoding (0: the loader's thread; CIFAR's 32x32 JPEGs decode "
                         "faster there than through worker processes)")
     p.add_argument("--train-examples", type=int, default=None, help="the first N training images (a quick check)")
+    p.add_argument("--step-cost", action="store_true", help="only measure what augmentation costs a step")
+    p.add_argument("--rounds", type=int, default=5, help="--step-cost's rounds")
     p.add_argument("--out", default="reports/augment_cifar")
     args = p.parse_args(argv)
     if args.workers:
@@ -92,6 +121,12 @@ def main(argv: list[str] | None = None) -> dict:
     test = fn.data.image_folder(root, "test", name="cifar10", stream=True)
     print(f"{train.info.source}: {len(train)} training and {len(test)} test images, read image by image; "
           f"Adam 1e-3, batch 16, {args.epochs} epochs")
+    if args.step_cost:
+        costs = {net: step_cost(net, train, rounds=args.rounds, seed=args.seed) for net in args.nets}
+        for net, cost in costs.items():
+            print(f"{net}: {cost['plain']:.1f} ms a step plain, {cost['augmented']:.1f} ms augmented "
+                  f"({cost['augmented'] / cost['plain']:.2f}x), median of {args.rounds} rounds of 100 steps")
+        return costs
     rows = []
     for net in args.nets:
         for augmented in (False, True):
