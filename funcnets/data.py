@@ -516,11 +516,9 @@ class FolderStream(imagefolder.FolderSource):
     """
 
     def __init__(self, root: pathlib.Path, split: str, *, name: str | None, cache_dir, shard):
-        rows = slice(None)
         super().__init__(root, split, cache_dir=cache_dir)
         if shard is not None:
-            rows = shard_rows(len(self), shard)
-            self._rows = self._rows[rows]
+            self._rows = self._rows[shard_rows(len(self), shard)]
         self._train = self if split == "train" and shard is None else \
             imagefolder.FolderSource(root, "train", cache_dir=cache_dir)
         _check_like_train(root, split, self.class_names, self.image_shape,

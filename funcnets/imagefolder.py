@@ -346,8 +346,8 @@ class FolderSource:
     ``source[i]`` is ``(image uint8 (H, W, C), label int32)``, decoded from its
     file when asked, in `read_split`'s order (images sorted by path, classes by
     name). It is Grain's ``RandomAccessDataSource`` (``len`` and ``[]``), so
-    ``grain.MapDataset.source(source)`` or ``grain.DataLoader(data_source=source,
-    worker_count=n, ...)`` decodes in ``n`` worker processes.
+    ``grain.MapDataset.source(source)`` decodes in the loader's thread, or in worker
+    processes through ``mp_prefetch`` (see `funcnets.streams.allow_grain_workers`).
 
     An unpacked tree is read file by file. An archive cannot be read at an
     offset through gzip, so its images' encoded bytes are copied once, in one
@@ -356,13 +356,11 @@ class FolderSource:
     `read_split` uses; each read is then one ``pread``. With ``cache_dir=False``
     (or an unwritable cache) those bytes are held in memory instead.
 
-    ``rows``: the part of the split this source reads (a ``slice``, for shards).
     Every image must have the shape of the split's first (decoded when the
     source is made); one that does not raises `ImageFolderError` naming it when read.
     """
 
-    def __init__(self, root: str | os.PathLike, split: str, *, cache_dir: str | os.PathLike | None = None,
-                 rows: slice = slice(None)):
+    def __init__(self, root: str | os.PathLike, split: str, *, cache_dir: str | os.PathLike | None = None):
         root = pathlib.Path(root)
         if not root.exists():
             raise FileNotFoundError(f"{root}: no such folder or archive")
@@ -382,7 +380,7 @@ class FolderSource:
         index = {name: i for i, name in enumerate(self.class_names)}
         self._names = np.asarray(names)
         self._labels = np.asarray([index[c] for c in classes], np.int32)
-        self._rows = np.arange(len(names))[rows]
+        self._rows = np.arange(len(names))
         self._fd = None
         first = self._encoded(0)
         self.jpeg_quality = _quality_of(first)
