@@ -159,7 +159,8 @@ print("signal waiters left", waiting, flush=True)
 """
 
 
-@pytest.mark.parametrize("case", [pytest.param("behind_the_checks", marks=pytest.mark.slow), "disk_full"])
+@pytest.mark.parametrize("case", [pytest.param("behind_the_checks", marks=pytest.mark.slow),
+                                  pytest.param("disk_full", marks=pytest.mark.slow)])   # CI runs the slow tests
 def test_a_failed_save_lets_the_process_exit_at_once(tmp_path, case):
     """Orbax's commit threads wait 300 s for a signal a failed save never sends, and
     the interpreter waits for them at exit; after the failed save none may be

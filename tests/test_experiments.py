@@ -67,7 +67,8 @@ def _is_png(path):
 
 
 @pytest.mark.parametrize("framework", ["jax", "torch"])
-@pytest.mark.parametrize("name", list(SCRIPTS))
+@pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.slow) if n == "cifar10_cnn" else n
+                                  for n in SCRIPTS])   # CI runs the slow tests
 def test_script_dry_run_writes_metrics_plot_and_summary(name, framework, tmp_path, cifar_dir, capsys):
     tutorial = SCRIPTS[name].TUTORIAL
     summary = common.main(tutorial, ["--dry-run", "--framework", framework, "--no-progress",
@@ -90,6 +91,7 @@ def test_script_dry_run_writes_metrics_plot_and_summary(name, framework, tmp_pat
     assert saved["optimizer"] == tutorial.optimizer and saved["batch_size"] == tutorial.batch_size
 
 
+@pytest.mark.slow   # CI runs the slow tests
 def test_a_jax_run_never_imports_torch(tmp_path):
     """Importing torch costs seconds; a funcnets run records torch's version without it."""
     code = ("import sys; from experiments import mnist_mlp, tutorial; "
@@ -326,6 +328,7 @@ def test_compare_refuses_flags_it_sets(capsys):
     assert "experiment" in capsys.readouterr().err
 
 
+@pytest.mark.slow   # CI runs the slow tests
 def test_optimizers_experiment(tmp_path):
     optimizers.main(["--dataset", "digits", "--dry-run", "--out", str(tmp_path)])
     results = json.loads((tmp_path / "optimizers.json").read_text())
@@ -342,6 +345,7 @@ def test_zigzag_bounces_without_momentum():
     assert (np.diff(path[:, 0]) > 0).all()                       # x creeps monotonically toward 0
 
 
+@pytest.mark.slow   # CI runs the slow tests
 def test_bench_runs_every_contestant_and_reports_ratios():
     """The benchmark script itself, on a small dataset (its timings mean nothing here)."""
     result = bench.bench_model("mnist_mlp", repeats=1, cnn_window=2, torch_compile=False, examples=640,
@@ -399,6 +403,7 @@ def test_bench_bad_flags_fail_before_any_work(argv, message, capsys, tmp_path):
     assert not (tmp_path / "bench").exists()
 
 
+@pytest.mark.slow   # CI runs the slow tests
 def test_bench_gpu_mode_runs_its_contestants_there(monkeypatch):
     """The GPU mode's own logic, on the CPU (no GPU here, and CI has none):
     JAX's backend reported as "gpu", PyTorch's "cuda" as the CPU. Every

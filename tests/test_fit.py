@@ -249,7 +249,7 @@ def _run(out, model, *extra):
 @pytest.mark.parametrize("model", [  # the scan path; batch norm's state; the per-step loop with dropout; Flax;
     # Linen with batch_stats, NNX and Equinox modules with batch norm and dropout (tests/module_nets.py);
     # a Grain stream, its iterator's state in the checkpoints
-    "mnist_mlp", pytest.param("bn_mlp", marks=pytest.mark.slow), pytest.param("grain_mlp", marks=pytest.mark.slow), pytest.param("nnx_bn", marks=pytest.mark.slow), pytest.param("mnist_cnn", marks=pytest.mark.slow),
+    pytest.param("mnist_mlp", marks=pytest.mark.slow), pytest.param("bn_mlp", marks=pytest.mark.slow), pytest.param("grain_mlp", marks=pytest.mark.slow), pytest.param("nnx_bn", marks=pytest.mark.slow), pytest.param("mnist_cnn", marks=pytest.mark.slow),
     pytest.param("flax_cnn", marks=pytest.mark.slow), pytest.param("linen_bn", marks=pytest.mark.slow),
     pytest.param("eqx_bn", marks=pytest.mark.slow)])
 def test_sigkill_mid_training_then_resume_is_bit_identical(model, tmp_path):

@@ -111,6 +111,7 @@ def test_pure_functions_fit_with_checkpoints_and_resume_exactly(digits, tmp_path
             ckpt.restore_latest(fn.create_train_state(other, fn.optim.sgd(lr=0.1), jax.random.key(0)))
 
 
+@pytest.mark.slow   # CI runs the slow tests
 def test_a_flax_model_trains_on_a_mesh(digits):
     images, labels = digits
     model = fn.models.from_flax(FlaxMLP(), input_shape=(28, 28, 1), outputs="log_probs")

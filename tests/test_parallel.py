@@ -173,7 +173,7 @@ def test_one_device_mesh_runs_the_same_program():
 
 # --- mixed precision -----------------------------------------------------------
 
-@pytest.mark.parametrize("name", ["mnist_mlp", "mnist_cnn"])
+@pytest.mark.parametrize("name", ["mnist_mlp", pytest.param("mnist_cnn", marks=pytest.mark.slow)])
 def test_bfloat16_compute_trains_with_float32_params_and_state(name):
     model = fn.models.get(name)
     split = fn.data.load("digits", "train")

@@ -9,6 +9,7 @@ import pytest
 README = pathlib.Path(__file__).resolve().parent.parent / "README.md"
 
 
+@pytest.mark.slow   # CI runs the slow tests
 def test_readme_python_examples_run(tmp_path, monkeypatch):
     pytest.importorskip("torch")
     monkeypatch.chdir(tmp_path)  # the examples write checkpoints/ under the working directory
