@@ -44,6 +44,7 @@ dropout nets give the same masks on 1 or 8 devices.
 from __future__ import annotations
 
 import os
+import time
 from typing import Any, NamedTuple, Sequence
 
 import jax
@@ -159,7 +160,27 @@ def shutdown() -> None:
         from jax.experimental import multihost_utils
 
         multihost_utils.sync_global_devices("funcnets.parallel.shutdown")
+        if jax.process_index() == 0:
+            _wait_for_peers_to_leave(range(1, jax.process_count()))
     jax.distributed.shutdown()
+
+
+def _wait_for_peers_to_leave(process_ids, timeout_s: float = 10.0) -> None:
+    """Process 0 holds the coordination service: it leaves after the others have
+    disconnected (their shutdown needs the service), or after ``timeout_s``.
+    (The service's live-task query blocks until each live task listed asks too,
+    or leaves; the others are in their shutdown, so it returns as they leave.)"""
+    from jax._src import distributed
+
+    client = distributed.global_state.client
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            if set(client.get_live_nodes([0, *process_ids])) <= {0}:
+                return
+        except Exception:  # noqa: BLE001 (an older jaxlib, or the service already gone: nothing to wait for)
+            return
+        time.sleep(0.05)
 
 
 def data_mesh(devices: Sequence[Any] | None = None) -> Mesh:
