@@ -160,14 +160,15 @@ def shutdown() -> None:
         from jax.experimental import multihost_utils
 
         multihost_utils.sync_global_devices("funcnets.parallel.shutdown")
-        if jax.process_index() == 0:
+        if jax.process_index() == 0 and jax.config.jax_enable_recoverability:   # else JAX's shutdown is a barrier
             _wait_for_peers_to_leave(range(1, jax.process_count()))
     jax.distributed.shutdown()
 
 
 def _wait_for_peers_to_leave(process_ids, timeout_s: float = 10.0) -> None:
-    """Process 0 holds the coordination service: it leaves after the others have
-    disconnected (their shutdown needs the service), or after ``timeout_s``.
+    """Process 0 holds the coordination service: in a recoverable run (where JAX's
+    shutdown does not wait) it leaves after the others have disconnected (their
+    shutdown needs the service), or after ``timeout_s``.
     (The service's live-task query blocks until each live task listed asks too,
     or leaves; the others are in their shutdown, so it returns as they leave.)"""
     from jax._src import distributed
