@@ -370,8 +370,10 @@ class FolderSource:
         else:
             if not (root / split).is_dir():
                 raise FileNotFoundError(f"{root}: no {split}/<class>/<image> files in it")
-            _list_entries(root, split)   # refuses an empty class folder, as read_split does
             files = _folder_files(root, split)
+            if files:   # an empty class folder is refused, as read_split does
+                _refuse_empty_classes(str(root / split), (p.name for p in (root / split).iterdir() if p.is_dir()),
+                                      (c for c, _ in files))
             names, classes = [path for _, path in files], [c for c, _ in files]
             self._offsets, self._packed, self._blob = None, None, None
         if not names:
