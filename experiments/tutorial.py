@@ -82,7 +82,8 @@ class Tutorial:
 class RunData(NamedTuple):
     """The splits as loaded (uint8 NHWC images, int32 labels) and the tutorial's
     normalisation (`funcnets.data.Normalize`; float32, or float64 with --float64):
-    funcnets normalises each batch on the device, PyTorch takes `normalized`."""
+    funcnets normalises each batch on the device, PyTorch takes ``normalize(images)``
+    (the same values, normalised on the host)."""
 
     train_images: np.ndarray
     train_labels: np.ndarray
@@ -92,10 +93,6 @@ class RunData(NamedTuple):
     source: str
     choice: str  # how the dataset was chosen, printed and reported
     normalize: fn.data.Normalize
-
-    def normalized(self) -> tuple[np.ndarray, np.ndarray]:
-        """The train and test images normalised on the host (the same values)."""
-        return self.normalize(self.train_images), self.normalize(self.test_images)
 
 
 # --- flags ----------------------------------------------------------------------------
